@@ -1,0 +1,1 @@
+"""The CNI protocol layer: the only code that writes to stdout."""

@@ -1,0 +1,1 @@
+"""Datastores: one Store protocol (base.py), one adapter per backend."""

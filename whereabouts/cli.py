@@ -33,6 +33,12 @@ def _reconcile(argv: List[str]) -> int:
     return main(argv)
 
 
+def _pools(argv: List[str]) -> int:
+    from .show import main
+
+    return main(argv)
+
+
 def _version(argv: List[str]) -> int:
     print(f"whereabouts {__version__} (python {sys.version.split()[0]})")
     return 0
@@ -43,6 +49,7 @@ COMMANDS: Dict[str, tuple[Callable[[List[str]], int], str]] = {
     "install": (_install, "install the plugin and its configuration on a host"),
     "controlloop": (_controlloop, "node agent: free addresses of this node's deleted pods"),
     "reconcile": (_reconcile, "free orphaned allocations cluster-wide (the CronJob)"),
+    "pools": (_pools, "print the allocation table of a datastore"),
     "version": (_version, "print the version"),
 }
 

@@ -146,27 +146,24 @@ def _check_version(command: str, version: str) -> None:
 
 
 def _owner(conf: NetConf, inv: Invocation) -> Owner:
-    from ..config import parse_cni_args
     from ..model import Owner
 
-    args = parse_cni_args(inv.args)
-    return Owner(inv.container_id, args.podref, inv.ifname, conf.ipam.node_name)
+    return Owner(inv.container_id, conf.args.podref, inv.ifname, conf.ipam.node_name)
 
 
 def _cmd_add(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> Dict[str, Any]:
-    from ..config import StaticAddress, parse_cni_args
+    from ..config import StaticAddress
     from ..ipam import allocate
-    from ..model import Owner
 
-    args = parse_cni_args(inv.args)
-    requested = list(conf.requested_ips) + list(args.ips)
+    args = conf.args
+    requested = list(conf.requested_ips)
     in_range = [r for r in requested if any(r.ip in rc.network for rc in conf.ipam.ranges)]
     static = list(conf.ipam.addresses) + [
         StaticAddress(r, next((g for g in args.gateways if g in r.network), None))
         for r in requested
         if r not in in_range
     ]
-    owner = Owner(inv.container_id, args.podref, inv.ifname, conf.ipam.node_name)
+    owner = _owner(conf, inv)
     store = open_store(conf.ipam)
     try:
         assigned = allocate(store, conf.ipam, owner, in_range) if conf.ipam.ranges else []

@@ -97,3 +97,7 @@ class Reservation:
     key: ReservationKey
     owner: Owner
     version: Optional[str] = None
+    created: Optional[float] = field(default=None, compare=False)
+    """When the store created it (seconds since the epoch; Kubernetes
+    ``metadata.creationTimestamp``), None when the store does not say. The reconciler
+    uses it not to free a reservation an ADD in flight made before its pool write."""

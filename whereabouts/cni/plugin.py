@@ -157,6 +157,7 @@ def _cmd_add(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> Dict[st
 
     args = conf.args
     requested = list(conf.requested_ips)
+    requested += [ip for ip in args.ips if ip not in requested]
     in_range = [r for r in requested if any(r.ip in rc.network for rc in conf.ipam.ranges)]
     static = list(conf.ipam.addresses) + [
         StaticAddress(r, next((g for g in args.gateways if g in r.network), None))

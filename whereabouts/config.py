@@ -347,7 +347,7 @@ def _suggest(key: str, known: Sequence[str]) -> Optional[str]:
     for candidate in known:
         if _squash(candidate) == squashed:
             return candidate
-    import difflib  # noqa: PLC0415 (only when a key is wrong)
+    import difflib
 
     close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.75)
     return close[0] if close else None
@@ -388,7 +388,8 @@ def _is_unset(value: Any) -> bool:
 def _is_int(value: Any) -> bool:
     if isinstance(value, bool):
         return False
-    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+    # float.is_integer exists since 3.0; vermin mistakes it for 3.12's int.is_integer.
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())  # novm
 
 
 # --------------------------------------------------------------------------------------

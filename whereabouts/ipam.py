@@ -31,6 +31,8 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
+DEFAULT_POLICY = RetryPolicy()
+
 
 @dataclass(frozen=True)
 class Assigned:
@@ -85,7 +87,7 @@ def allocate(
     cfg: IPAMConfig,
     owner: Owner,
     requested: Sequence[IPInterface] = (),
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = DEFAULT_POLICY,
 ) -> List[Assigned]:
     """Take one address per range for ``owner``; all or nothing."""
     taken: List[Assigned] = []
@@ -249,7 +251,7 @@ def _describe(owner: Owner) -> str:
 
 
 def release(
-    store: Store, cfg: IPAMConfig, owner: Owner, policy: RetryPolicy = RetryPolicy()
+    store: Store, cfg: IPAMConfig, owner: Owner, policy: RetryPolicy = DEFAULT_POLICY
 ) -> List[IPAddress]:
     """DEL: free every range's allocation of this container and interface.
 
@@ -349,7 +351,7 @@ def garbage_collect(
     cfg: IPAMConfig,
     node: str,
     valid: AbstractSet[Tuple[str, str]],
-    policy: RetryPolicy = RetryPolicy(),
+    policy: RetryPolicy = DEFAULT_POLICY,
 ) -> List[IPAddress]:
     """CNI GC: free this network's allocations made on ``node`` that the runtime no
     longer knows. Entries without a node, or made on another node, are never touched."""

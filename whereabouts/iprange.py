@@ -46,7 +46,7 @@ def merge(intervals: Iterable[Interval]) -> List[Interval]:
 
 
 def overlaps(a: IPNetwork, b: IPNetwork) -> bool:
-    return a.version == b.version and a.overlaps(b)  # type: ignore[arg-type]
+    return a.version == b.version and a.overlaps(b)
 
 
 def to_address(value: int, version: int) -> IPAddress:

@@ -30,7 +30,7 @@ SCHEMA_ID = "urn:whereabouts:schema:ipam"
 
 def load_schema() -> dict[str, Any]:
     """The IPAM object's JSON schema, read from the package (works from the zipapp)."""
-    import pkgutil  # noqa: PLC0415
+    import pkgutil
 
     data = pkgutil.get_data("whereabouts", "schema/ipam.schema.json")
     if data is None:  # pragma: no cover - a broken installation
@@ -43,9 +43,9 @@ def load_schema() -> dict[str, Any]:
 def _validators() -> Optional[Tuple[Any, Any]]:
     """(ipam validator, netconf validator), or None without jsonschema."""
     try:
-        from jsonschema import Draft202012Validator  # noqa: PLC0415
-        from referencing import Registry  # noqa: PLC0415
-        from referencing.jsonschema import DRAFT202012  # noqa: PLC0415
+        from jsonschema import Draft202012Validator
+        from referencing import Registry
+        from referencing.jsonschema import DRAFT202012
     except ImportError:
         return None
     schema = load_schema()
@@ -225,7 +225,7 @@ def _documents(text: str) -> List[Any]:
         except ValueError as exc:
             raise _InputError(f"not valid JSON: {exc}") from None
     try:
-        import yaml  # noqa: PLC0415
+        import yaml
     except ImportError:
         raise _InputError("this is not JSON; install PyYAML to validate YAML") from None
     try:
@@ -272,7 +272,7 @@ def validate_document(text: str, *, filename: str = "") -> List[str]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """``whereabouts validate FILE [FILE...]``: 0 all valid, 1 problems, 2 unreadable."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     parser = argparse.ArgumentParser(
         prog="whereabouts validate",

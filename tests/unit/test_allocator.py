@@ -134,7 +134,7 @@ def test_repeated_choice_never_repeats_or_leaves_the_range(
             return
         offset = int(address) - int(net.network_address)
         assert offset not in held
-        assert address != net.network_address and address != net.broadcast_address
+        assert address not in (net.network_address, net.broadcast_address)
         assert int(address) & 0xFF != 0
         held.add(offset)
         # Freeing a random held address makes it the next choice when it is the lowest free.

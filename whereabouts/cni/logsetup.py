@@ -18,8 +18,8 @@ LEVELS = {
 def configure(level: str = "error", log_file: Optional[str] = None) -> None:
     root = logging.getLogger("whereabouts")
     root.setLevel(LEVELS.get(level, logging.ERROR))
-    for handler in list(root.handlers):
-        root.removeHandler(handler)
+    for old in list(root.handlers):
+        root.removeHandler(old)
     handler: logging.Handler
     if log_file:
         try:

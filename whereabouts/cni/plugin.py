@@ -179,7 +179,7 @@ def _cmd_del(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
     from ..ipam import release
 
     if not conf.ipam.ranges:
-        return None
+        return
     owner = _owner(conf, inv)
     try:
         store = open_store(conf.ipam)
@@ -188,14 +188,14 @@ def _cmd_del(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
         # would leave the pod stuck terminating; the reconciler frees what it held.
         log.error("DEL %s: datastore not usable (%s); nothing released", inv.container_id,
                   exc.msg)
-        return None
+        return
     try:
         freed = release(store, conf.ipam, owner)
     finally:
         store.close()
     log.info("DEL %s %s: released %s", inv.container_id, inv.ifname,
              ", ".join(map(str, freed)) or "nothing")
-    return None
+    return
 
 
 def _cmd_check(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
@@ -207,7 +207,6 @@ def _cmd_check(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
         check(store, conf.ipam, owner)
     finally:
         store.close()
-    return None
 
 
 def _cmd_status(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
@@ -220,7 +219,6 @@ def _cmd_status(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None
     except WhereaboutsError as exc:
         raise PluginNotAvailableError(f"datastore {conf.ipam.datastore} is not available: "
                                       f"{exc.msg}") from exc
-    return None
 
 
 def _cmd_gc(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
@@ -231,14 +229,14 @@ def _cmd_gc(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
         # Without a node name we cannot tell this node's allocations from others'.
         log.info("GC skipped: node name %s, valid-attachments %s", node,
                  "absent" if conf.valid_attachments is None else "present")
-        return None
+        return
     store = open_store(conf.ipam)
     try:
         freed = garbage_collect(store, conf.ipam, node, set(conf.valid_attachments))
     finally:
         store.close()
     log.info("GC on %s: released %s", node, ", ".join(map(str, freed)) or "nothing")
-    return None
+    return
 
 
 Handler = Callable[["NetConf", Invocation, StoreOpener], Optional[Dict[str, Any]]]

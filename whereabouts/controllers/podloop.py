@@ -219,7 +219,7 @@ class PodSource:
     def watch(self, since: str, seconds: int) -> Iterator[Tuple[str, Mapping[str, Any]]]:
         """Events after resourceVersion ``since`` for at most ``seconds``. Raises
         PodsGone when ``since`` has expired."""
-        from kubernetes import client, watch  # noqa: PLC0415 - optional, heavy dependency
+        from kubernetes import client, watch
 
         core = client.CoreV1Api(self._api_client)
         watches: Any = watch  # typed or not depending on the client version
@@ -365,7 +365,7 @@ def start_token_refresher(
 ) -> threading.Thread:
     """Keep the plugin's kubeconfig in ``conf_dir`` valid (``install.refresh_plugin_
     kubeconfig``: re-mint the plugin ServiceAccount's token before it expires)."""
-    from .. import install  # noqa: PLC0415 - only the node agent in a pod needs it
+    from .. import install
 
     def loop() -> None:
         state = None
@@ -439,7 +439,7 @@ def main(argv: Sequence[str]) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     if args.cni_conf_dir:
-        from ..install import DEFAULT_TOKEN_SECONDS  # noqa: PLC0415
+        from ..install import DEFAULT_TOKEN_SECONDS
 
         expiration = int(args.token_expiration or DEFAULT_TOKEN_SECONDS)
         start_token_refresher(args.cni_conf_dir, args.plugin_service_account, args.namespace,

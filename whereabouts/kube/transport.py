@@ -1,0 +1,214 @@
+"""The stdlib HTTPS transport to the API server, for the CNI plugin.
+
+One keep-alive connection per transport (the plugin makes one per process), opened on
+the first request. Failures become the errors of ``api.error_for_status``; a 429 is
+retried once after its Retry-After when that fits in the deadline, a 401 once after
+re-reading a token file (kubelet rotates projected tokens), and a request on a reused
+connection the server has meanwhile closed once on a fresh one.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import socket
+import ssl
+import time
+from typing import Any, Dict, Mapping, Optional, Tuple
+from urllib.parse import urlsplit
+
+from .. import __version__
+from ..errors import StoreError, StoreUnavailableError
+from .api import JSON, error_for_status, retry_after_seconds
+from .kubeconfig import ClusterAccess
+
+USER_AGENT = f"whereabouts/{__version__} (python)"
+_STALE_CONNECTION = (
+    http.client.RemoteDisconnected,
+    ConnectionResetError,
+    BrokenPipeError,
+    http.client.CannotSendRequest,
+)
+
+
+class _HTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS that verifies the certificate against ``server_name`` rather than the host
+    dialled (kubeconfig ``tls-server-name``)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float,
+        context: ssl.SSLContext,
+        server_name: Optional[str],
+    ) -> None:
+        super().__init__(host, port, timeout=timeout, context=context)
+        self._tls = context
+        self._server_name = server_name or host
+
+    def connect(self) -> None:
+        http.client.HTTPConnection.connect(self)
+        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+
+
+class HTTPTransport:
+    """``api.Transport`` over http.client.
+
+    ``timeout`` bounds each socket operation; ``deadline`` (a ``time.monotonic()``
+    value) is the latest moment a Retry-After wait may end.
+    """
+
+    def __init__(
+        self, access: ClusterAccess, timeout: float = 10.0, deadline: Optional[float] = None
+    ) -> None:
+        self.access = access
+        self.timeout = timeout
+        self.deadline = deadline
+        url = urlsplit(access.server)
+        if url.scheme not in ("https", "http") or not url.hostname:
+            raise StoreError(f"{access.source}: server {access.server!r} is not an https URL")
+        self._scheme = url.scheme
+        self._host = url.hostname
+        try:
+            self._port = url.port or (443 if url.scheme == "https" else 80)
+        except ValueError as exc:
+            raise StoreError(f"{access.source}: server {access.server!r} has a bad port") from exc
+        # API servers behind a proxy path (e.g. Rancher's /k8s/clusters/<id>).
+        self._base = url.path.rstrip("/")
+        self._conn: Optional[http.client.HTTPConnection] = None
+        self._served = 0  # responses read on the current connection
+        self._token: Optional[str] = None
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        body: Optional[Mapping[str, Any]] = None,
+        content_type: str = JSON,
+    ) -> Dict[str, Any]:
+        payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        retried_429 = retried_401 = False
+        while True:
+            status, headers, data = self._exchange(method, path, payload, content_type)
+            if 200 <= status < 300:
+                return _decode(data)
+            if status == 429 and not retried_429:
+                retried_429 = True
+                if self._wait(retry_after_seconds(headers.get("retry-after"))):
+                    continue
+            if status == 401 and not retried_401 and self.access.token_file:
+                retried_401 = True
+                self._token = None  # re-read: the file may hold a rotated token by now
+                continue
+            raise error_for_status(status, method, path, _payload(data), self.access.server)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    # --------------------------------------------------------------- internals
+
+    def _wait(self, seconds: float) -> bool:
+        limit = self.deadline if self.deadline is not None else time.monotonic() + self.timeout
+        if time.monotonic() + seconds > limit:
+            return False
+        time.sleep(seconds)
+        return True
+
+    def _headers(self, content_type: str, has_body: bool) -> Dict[str, str]:
+        headers = {"Accept": JSON, "User-Agent": USER_AGENT}
+        if has_body:
+            headers["Content-Type"] = content_type
+        if self._token is None:
+            self._token = self.access.bearer_token() or ""
+        if self._token:
+            headers["Authorization"] = f"Bearer {self._token}"
+        elif self.access.username:
+            pair = f"{self.access.username}:{self.access.password or ''}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        return headers
+
+    def _exchange(
+        self, method: str, path: str, payload: Optional[bytes], content_type: str
+    ) -> Tuple[int, Dict[str, str], bytes]:
+        headers = self._headers(content_type, payload is not None)
+        target = self._base + path
+        reused = self._conn is not None and self._served > 0
+        try:
+            try:
+                return self._send(method, target, payload, headers)
+            except _STALE_CONNECTION:
+                if not reused:
+                    raise
+                # The server closed our idle keep-alive connection: one fresh try.
+                self.close()
+                return self._send(method, target, payload, headers)
+        except ssl.SSLCertVerificationError as exc:
+            self.close()
+            raise StoreError(
+                f"TLS verification of {self.access.server} failed: {exc.verify_message}; "
+                f"check certificate-authority in {self.access.source}"
+            ) from exc
+        except (OSError, http.client.HTTPException) as exc:
+            self.close()
+            raise StoreUnavailableError(
+                f"cannot reach the Kubernetes API server at {self.access.server}: {_describe(exc)}"
+            ) from exc
+
+    def _send(
+        self, method: str, target: str, payload: Optional[bytes], headers: Mapping[str, str]
+    ) -> Tuple[int, Dict[str, str], bytes]:
+        conn = self._connection()
+        conn.request(method, target, body=payload, headers=dict(headers))
+        response = conn.getresponse()
+        data = response.read()
+        self._served += 1
+        lowered = {k.lower(): v for k, v in response.getheaders()}
+        if response.will_close:
+            self.close()
+        return response.status, lowered, data
+
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is None:
+            if self._scheme == "https":
+                self._conn = _HTTPSConnection(
+                    self._host,
+                    self._port,
+                    self.timeout,
+                    self.access.ssl_context(),
+                    self.access.tls_server_name,
+                )
+            else:
+                self._conn = http.client.HTTPConnection(
+                    self._host, self._port, timeout=self.timeout
+                )
+            self._served = 0
+        return self._conn
+
+
+def _decode(data: bytes) -> Dict[str, Any]:
+    if not data:
+        return {}
+    try:
+        decoded = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"the API server answered with invalid JSON: {exc}") from exc
+    return decoded if isinstance(decoded, dict) else {"items": decoded}
+
+
+def _payload(data: bytes) -> Any:
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__

@@ -356,8 +356,10 @@ def garbage_collect(
     """CNI GC: free this network's allocations made on ``node`` that the runtime no
     longer knows. Entries without a node, or made on another node, are never touched."""
 
+    from .reconcile import forgotten_by_runtime
+
     def doomed(stored: Owner) -> bool:
-        return stored.node == node and (stored.container_id, stored.ifname) not in valid
+        return forgotten_by_runtime(stored, node, valid) is not None
 
     freed: List[IPAddress] = []
     for rc in cfg.ranges:

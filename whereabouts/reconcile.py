@@ -402,3 +402,22 @@ __all__ = [
     "parse_ips",
     "podrefs",
 ]
+
+
+RUNTIME_FORGOT = "not-in-valid-attachments"
+
+
+def forgotten_by_runtime(
+    owner: Owner, node: str, valid: AbstractSet[Tuple[str, str]]
+) -> Optional[str]:
+    """CNI GC's rule: the reason to free an allocation, or None to keep it.
+
+    The container runtime knows only its own node's attachments, so only entries
+    recorded on ``node`` are judged; an entry without a node (written by upstream, or
+    before the node was known) is left to the reconciler, which can see pods.
+    """
+    if owner.node != node:
+        return None
+    if (owner.container_id, owner.ifname) in valid:
+        return None
+    return RUNTIME_FORGOT

@@ -1,0 +1,1 @@
+"""End-to-end tests and the real-component test bed (see docs/testbed.md)."""

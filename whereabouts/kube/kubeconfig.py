@@ -61,7 +61,7 @@ class ClusterAccess:
 
     def ssl_context(self) -> ssl.SSLContext:
         """A TLS context trusting the cluster CA and presenting the client certificate."""
-        import ssl
+        import ssl  # here, not at import: loading a kubeconfig must stay cheap
 
         try:
             context = ssl.create_default_context(cafile=self.ca_file, cadata=self.ca_data)
@@ -96,7 +96,7 @@ class ClusterAccess:
 def load_kubeconfig(path: str, context: Optional[str] = None) -> ClusterAccess:
     """The access the kubeconfig at ``path`` describes for ``context`` (default: its
     current-context)."""
-    from .yamlsubset import YAMLError, loads
+    from .yamlsubset import YAMLError, loads  # in-cluster access never needs the parser
 
     try:
         with open(path, encoding="utf-8") as f:

@@ -14,6 +14,7 @@ import http.client
 import json
 import socket
 import ssl
+import threading
 import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -57,7 +58,8 @@ class HTTPTransport:
     """``api.Transport`` over http.client.
 
     ``timeout`` bounds each socket operation; ``deadline`` (a ``time.monotonic()``
-    value) is the latest moment a Retry-After wait may end.
+    value) is the latest moment a Retry-After wait may end. Threads share the one
+    connection in turn.
     """
 
     def __init__(
@@ -80,6 +82,7 @@ class HTTPTransport:
         self._conn: Optional[http.client.HTTPConnection] = None
         self._served = 0  # responses read on the current connection
         self._token: Optional[str] = None
+        self._lock = threading.Lock()
 
     def request(
         self,
@@ -89,6 +92,12 @@ class HTTPTransport:
         content_type: str = JSON,
     ) -> Dict[str, Any]:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        with self._lock:
+            return self._request(method, path, payload, content_type)
+
+    def _request(
+        self, method: str, path: str, payload: Optional[bytes], content_type: str
+    ) -> Dict[str, Any]:
         retried_429 = retried_401 = False
         while True:
             status, headers, data = self._exchange(method, path, payload, content_type)

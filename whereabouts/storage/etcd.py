@@ -23,6 +23,7 @@ import http.client
 import json
 import logging
 import socket
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
@@ -78,6 +79,8 @@ class EtcdStore:
         self._ssl: Optional[ssl.SSLContext] = None
         self._token: Optional[str] = None
         self._authenticated = False
+        # One connection: requests from several threads take turns on it.
+        self._lock = threading.Lock()
 
     # ------------------------------------------------------------------ pools
 
@@ -243,6 +246,10 @@ class EtcdStore:
     # --------------------------------------------------------------- transport
 
     def _post(self, path: str, body: Mapping[str, Any]) -> Dict[str, Any]:
+        with self._lock:
+            return self._post_locked(path, body)
+
+    def _post_locked(self, path: str, body: Mapping[str, Any]) -> Dict[str, Any]:
         if not self._authenticated:
             self._authenticate()
         try:
@@ -332,7 +339,7 @@ class EtcdStore:
 
     def _ssl_context(self) -> ssl.SSLContext:
         if self._ssl is None:
-            import ssl
+            import ssl  # only TLS endpoints pay for it
 
             cfg = self.config
             try:

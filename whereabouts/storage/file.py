@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import secrets
+import threading
 import time
 from contextlib import contextmanager, suppress
 from typing import Any, Dict, Iterator, List, Mapping, Optional
@@ -47,6 +48,8 @@ class FileStore:
         # flock locks belong to the open file description, which a forked child shares:
         # a child must open its own or it would "hold" the parent's lock.
         self._lock_pid = 0
+        # flock(2) cannot tell threads sharing one descriptor apart: serialise them here.
+        self._thread_lock = threading.Lock()
 
     # ------------------------------------------------------------------ pools
 
@@ -278,6 +281,18 @@ class FileStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
+        if not self._thread_lock.acquire(timeout=self.lock_timeout):
+            raise StoreUnavailableError(
+                f"file store {self.data_dir}: lock not acquired within {self.lock_timeout:g} s"
+            )
+        try:
+            with self._flocked():
+                yield
+        finally:
+            self._thread_lock.release()
+
+    @contextmanager
+    def _flocked(self) -> Iterator[None]:
         fd = self._lock_file()
         deadline = time.monotonic() + self.lock_timeout
         delay = 0.0005

@@ -19,7 +19,7 @@ import logging
 from dataclasses import dataclass, replace
 from typing import AbstractSet, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
-from . import allocator
+from . import allocator, faults
 from .config import IPAMConfig, IPInterface, RangeConfig
 from .errors import AddressInUseError, CheckFailedError, ConflictError, TryAgainLaterError
 from .iprange import usable_bounds
@@ -155,7 +155,9 @@ def _allocate_in_range(
             return None
         allocations = dict(pool.allocations)
         allocations[pool.offset(address)] = owner
+        faults.point("before-pool-write")
         store.write_pool(pool.with_allocations(allocations))
+        faults.point("after-pool-write")
         return Assigned(rc, address)
 
     try:
@@ -205,6 +207,7 @@ def _reserve(
     created = store.create_reservation(Reservation(key, owner))
     if created is not None:
         held.append(created)
+        faults.point("after-reserve")
         return True
     existing = store.read_reservation(key)
     if existing is None:
@@ -304,6 +307,7 @@ def _remove_where(
         return pool
 
     pool = _cas_loop(what, policy, attempt)
+    faults.point("after-release-write")
     freed = [pool.address(offset) for offset in sorted(removed)]
     if cfg.enable_overlapping_ranges:
         for offset in sorted(removed):
@@ -337,7 +341,10 @@ def check(store: Store, cfg: IPAMConfig, owner: Owner) -> List[Tuple[RangeConfig
         address = pool.address(match[0])
         if cfg.enable_overlapping_ranges:
             reservation = store.read_reservation(reservation_key(cfg, address))
-            if reservation is None or reservation.owner.podref != owner.podref:
+            if reservation is None or not (
+                reservation.owner.same_container(owner)
+                or (owner.podref and reservation.owner.same_attachment(owner))
+            ):
                 raise CheckFailedError(
                     f"address {address} of container {owner.container_id} has no "
                     "overlapping-range reservation of its own"

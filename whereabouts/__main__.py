@@ -9,6 +9,13 @@ import sys
 
 
 def run() -> int:
+    if os.environ.get("CNI_COMMAND") == "VERSION":
+        # Runtimes probe VERSION often; answer it without loading the plugin.
+        from whereabouts.cni.result import LATEST, SUPPORTED_VERSIONS
+
+        versions = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
+        sys.stdout.write(f'{{"cniVersion": "{LATEST}", "supportedVersions": [{versions}]}}\n')
+        return 0
     if "CNI_COMMAND" in os.environ or len(sys.argv) <= 1:
         from whereabouts.cni.plugin import main as cni_main
 

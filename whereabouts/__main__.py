@@ -11,7 +11,7 @@ import sys
 def run() -> int:
     if os.environ.get("CNI_COMMAND") == "VERSION":
         # Runtimes probe VERSION often; answer it without loading the plugin.
-        from whereabouts.cni.result import LATEST, SUPPORTED_VERSIONS
+        from whereabouts.cni.versions import LATEST, SUPPORTED_VERSIONS
 
         versions = ", ".join(f'"{v}"' for v in SUPPORTED_VERSIONS)
         sys.stdout.write(f'{{"cniVersion": "{LATEST}", "supportedVersions": [{versions}]}}\n')

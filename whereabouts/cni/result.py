@@ -8,8 +8,9 @@ if TYPE_CHECKING:  # the VERSION path imports this module; keep it light
     from ..config import IPAMConfig, IPInterface, StaticAddress
     from ..model import IPAddress
 
-SUPPORTED_VERSIONS = ("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0")
-LATEST = "1.1.0"
+from .versions import LATEST, SUPPORTED_VERSIONS
+
+__all__ = ["LATEST", "SUPPORTED_VERSIONS", "build", "version_tuple"]
 
 
 def version_tuple(version: str) -> tuple[int, ...]:

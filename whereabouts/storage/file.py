@@ -23,7 +23,6 @@ import fcntl
 import json
 import logging
 import os
-import secrets
 import threading
 import time
 from contextlib import contextmanager, suppress
@@ -109,7 +108,7 @@ class FileStore:
     def create_reservation(self, reservation: Reservation) -> Optional[Reservation]:
         key = reservation.key
         path = self._path(self._reservations_dir, key.name)
-        version = secrets.token_hex(8)
+        version = os.urandom(8).hex()
         data: Dict[str, Any] = codec.encode_reservation(reservation.owner)
         created = time.time()
         data.update(network_name=key.network_name, address=str(key.address))
@@ -229,7 +228,7 @@ class FileStore:
 
     def _write_temp(self, path: str, data: Mapping[str, Any]) -> str:
         directory, base = os.path.split(path)
-        tmp = os.path.join(directory, f".{base}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp = os.path.join(directory, f".{base}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
         payload = json.dumps(data, separators=(",", ":"), sort_keys=True).encode()
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)

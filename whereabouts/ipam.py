@@ -320,8 +320,10 @@ def _release_reservation(store: Store, cfg: IPAMConfig, address: IPAddress, owne
     if reservation is None:
         return
     theirs = reservation.owner
-    same_container = not theirs.container_id or theirs.container_id == owner.container_id
-    if theirs.podref == owner.podref and theirs.ifname == owner.ifname and same_container:
+    # The pool entry just removed proves this attachment held the address; the
+    # reservation may still name the container of an earlier ADD of the same pod
+    # (idempotent re-ADD keeps it), so the attachment, not the container, must match.
+    if _matches_attachment(theirs, owner):
         store.delete_reservation(reservation)
     else:
         log.info("reservation %s belongs to %s; left alone", address, _describe(theirs))

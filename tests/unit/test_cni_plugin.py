@@ -174,3 +174,12 @@ def test_logs_never_reach_stdout(runtime: Runtime, tmp_path: Any) -> None:
     rc, out = runtime.run("ADD", netconf(log_level="debug", log_file=str(log_file)))
     assert rc == 0 and set(out) == {"cniVersion", "ips"}
     assert "ADD ns/p1 net1: 10.0.0.1/24" in log_file.read_text()
+
+
+def test_del_with_an_unusable_config_succeeds_so_the_pod_can_terminate(runtime: Runtime) -> None:
+    assert runtime.run("DEL", netconf(range_start="10.9.9.9")) == (0, None)
+    environ = {"CNI_COMMAND": "DEL", "CNI_CONTAINERID": "c", "CNI_IFNAME": "eth0",
+               "CNI_PATH": "/p"}
+    out = io.StringIO()
+    assert main(environ, b"{not json", out, io.StringIO(), runtime.opener) == 0
+    assert out.getvalue() == ""

@@ -285,3 +285,13 @@ def test_any_sequence_of_add_and_del_keeps_addresses_unique_and_lowest(
     for rc in conf.ranges:
         pool = store.read_pool(PoolKey("", rc.network))
         assert {str(pool.address(o)) for o in pool.allocations} <= set(held)
+
+
+def test_del_after_a_same_pod_re_add_frees_the_reservation_too() -> None:
+    store = MemoryStore()
+    conf = cfg(rng("10.0.0.0/24"))
+    ipam.allocate(store, conf, pod("a", container="first"), policy=FAST)
+    ipam.allocate(store, conf, pod("a", container="second"), policy=FAST)
+    assert [str(a) for a in ipam.release(store, conf, pod("a", container="second"),
+                                         policy=FAST)] == ["10.0.0.1"]
+    assert store.list_reservations() == []

@@ -87,3 +87,8 @@ def test_reservation_names_without_network_prefer_the_whole_name() -> None:
 def test_capacity_fits_an_int64() -> None:
     assert codec.capacity(NET) == 254
     assert codec.capacity(ipaddress.ip_network("fd00::/64")) == 2**63 - 1
+
+
+def test_an_upstream_entry_without_ifname_is_written_back_without_one() -> None:
+    pool = Pool(PoolKey("", NET), {1: Owner("legacy", "a/b", "")})
+    assert codec.encode_spec(pool)["allocations"]["1"] == {"id": "legacy", "podref": "a/b"}

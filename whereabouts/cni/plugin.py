@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, TextIO
 
 from .. import __version__
 from ..errors import (
+    DecodingError,
     IncompatibleVersionError,
     InternalError,
     InvalidConfigError,
@@ -111,8 +112,11 @@ def dispatch(
     try:
         conf = parse_netconf(data, cni_args=inv.args, env=env,
                              require_ranges=command not in ("GC", "STATUS"))
-    except InvalidConfigError:
-        if command == "DEL" and not data.strip():
+    except (InvalidConfigError, DecodingError) as exc:
+        if command == "DEL":
+            # DEL must let the pod terminate: a config that cannot be read holds nothing we
+            # could find. The reconciler frees whatever an earlier valid config allocated.
+            sys.stderr.write(f"whereabouts: DEL ignored an unusable configuration: {exc.msg}\n")
             return None
         raise
     from .logsetup import configure

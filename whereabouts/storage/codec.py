@@ -82,7 +82,10 @@ def _text(value: Any) -> str:
 
 
 def encode_owner(owner: Owner) -> Dict[str, str]:
-    entry = {"id": owner.container_id, "podref": owner.podref, "ifname": owner.ifname}
+    entry = {"id": owner.container_id, "podref": owner.podref}
+    # Entries written before upstream v0.8 have no ifname; keep them byte-for-byte.
+    if owner.ifname:
+        entry["ifname"] = owner.ifname
     if owner.node:
         entry["node"] = owner.node
     return entry

@@ -361,10 +361,17 @@ def garbage_collect(
     node: str,
     valid: AbstractSet[Tuple[str, str]],
     policy: RetryPolicy = DEFAULT_POLICY,
+    sweep_reservations: bool = False,
+    grace_seconds: float = 60.0,
 ) -> List[IPAddress]:
     """CNI GC: free this network's allocations made on ``node`` that the runtime no
-    longer knows. Entries without a node, or made on another node, are never touched."""
+    longer knows. Entries without a node, or made on another node, are never touched.
 
+    With ``sweep_reservations`` it also deletes this node's overlapping-range
+    reservations that no pool entry backs (left by an ADD killed between its
+    reservation and its pool write). That needs to list reservations: on Kubernetes
+    the plugin has no such right and the reconciler does this instead.
+    """
     from .reconcile import forgotten_by_runtime
 
     def doomed(stored: Owner) -> bool:
@@ -374,4 +381,39 @@ def garbage_collect(
     for rc in cfg.ranges:
         freed.extend(_remove_where(store, cfg, pool_key(cfg, rc), doomed, policy,
                                    f"garbage-collecting {rc.network}"))
+    if sweep_reservations and cfg.enable_overlapping_ranges:
+        _sweep_reservations(store, cfg, node, valid, grace_seconds)
     return freed
+
+
+def _sweep_reservations(
+    store: Store,
+    cfg: IPAMConfig,
+    node: str,
+    valid: AbstractSet[Tuple[str, str]],
+    grace_seconds: float,
+) -> None:
+    import time
+
+    from .reconcile import reservation_forgotten_by_runtime
+
+    pools = [store.read_pool(pool_key(cfg, rc)) for rc in cfg.ranges]
+    for reservation in store.list_reservations():
+        address = reservation.key.address
+        if reservation.key.network_name != cfg.network_name:
+            continue
+        mine = [p for p in pools if address in p.key.range]
+        if not mine:
+            continue
+        backed = any(
+            _matches_attachment(p.allocations.get(p.offset(address), _NOBODY), reservation.owner)
+            for p in mine
+        )
+        reason = reservation_forgotten_by_runtime(
+            reservation, node, valid, backed, time.time(), grace_seconds
+        )
+        if reason is not None and store.delete_reservation(reservation):
+            log.info("GC on %s: deleted unbacked reservation %s (%s)", node, address, reason)
+
+
+_NOBODY = Owner("", "", "")

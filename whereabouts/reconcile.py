@@ -421,3 +421,24 @@ def forgotten_by_runtime(
     if (owner.container_id, owner.ifname) in valid:
         return None
     return RUNTIME_FORGOT
+
+
+def reservation_forgotten_by_runtime(
+    reservation: Reservation,
+    node: str,
+    valid: AbstractSet[Tuple[str, str]],
+    backed: bool,
+    now: float,
+    grace_seconds: float,
+) -> Optional[str]:
+    """CNI GC's rule for an overlapping-range reservation: the reason to delete it, or None.
+
+    Only reservations made on ``node`` for an attachment the runtime no longer knows,
+    backed by no pool entry (``backed``), and older than the grace period: a fresh one
+    without a pool entry is an ADD in flight (reservations precede the pool write).
+    """
+    if forgotten_by_runtime(reservation.owner, node, valid) is None or backed:
+        return None
+    if reservation.created is None or _younger(reservation.created, now, grace_seconds):
+        return None
+    return RUNTIME_FORGOT

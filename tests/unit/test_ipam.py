@@ -295,3 +295,25 @@ def test_del_after_a_same_pod_re_add_frees_the_reservation_too() -> None:
     assert [str(a) for a in ipam.release(store, conf, pod("a", container="second"),
                                          policy=FAST)] == ["10.0.0.1"]
     assert store.list_reservations() == []
+
+
+def test_gc_sweep_deletes_only_old_unbacked_reservations_of_this_node() -> None:
+    import time
+
+    store = MemoryStore()
+    conf = cfg(rng("10.0.0.0/24"))
+    ipam.allocate(store, conf, pod("live", node="n1"), policy=FAST)  # backed: 10.0.0.1
+    old = time.time() - 3600
+
+    def plant(address: str, owner: Owner, created: float) -> None:
+        key = ReservationKey("", ipaddress.ip_address(address))
+        store.put_reservation(Reservation(key, owner, created=created))
+
+    plant("10.0.0.5", pod("killed", node="n1"), old)        # the leak GC must fix
+    plant("10.0.0.6", pod("inflight", node="n1"), time.time())  # an ADD in flight
+    plant("10.0.0.7", pod("elsewhere", node="n2"), old)    # another node's
+    plant("10.0.0.8", pod("known", node="n1"), old)        # the runtime still knows it
+    ipam.garbage_collect(store, conf, "n1", {("c-live", "net1"), ("c-known", "net1")},
+                         policy=FAST, sweep_reservations=True)
+    left = sorted(str(r.key.address) for r in store.list_reservations())
+    assert left == ["10.0.0.1", "10.0.0.6", "10.0.0.7", "10.0.0.8"]

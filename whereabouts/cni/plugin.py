@@ -236,7 +236,10 @@ def _cmd_gc(conf: NetConf, inv: Invocation, open_store: StoreOpener) -> None:
         return
     store = open_store(conf.ipam)
     try:
-        freed = garbage_collect(store, conf.ipam, node, set(conf.valid_attachments))
+        # Listing reservations needs rights the plugin's Kubernetes role does not have;
+        # there the reconciler reclaims unbacked reservations.
+        freed = garbage_collect(store, conf.ipam, node, set(conf.valid_attachments),
+                                sweep_reservations=conf.ipam.datastore != "kubernetes")
     finally:
         store.close()
     log.info("GC on %s: released %s", node, ", ".join(map(str, freed)) or "nothing")

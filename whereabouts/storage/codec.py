@@ -146,7 +146,10 @@ def capacity(network: IPNetwork) -> int:
 def encode_reservation(owner: Owner) -> Dict[str, str]:
     """``OverlappingRangeIPReservation.spec``. ``containerid`` is written although upstream
     stopped in v0.8.0: CRDs from before then require it, and it costs nothing."""
-    return {"podref": owner.podref, "ifname": owner.ifname, "containerid": owner.container_id}
+    spec = {"podref": owner.podref, "ifname": owner.ifname, "containerid": owner.container_id}
+    if owner.node:
+        spec["node"] = owner.node
+    return spec
 
 
 def created_of(value: Mapping[str, Any]) -> Optional[float]:
@@ -162,6 +165,7 @@ def decode_reservation(spec: Mapping[str, Any]) -> Owner:
         container_id=_text(spec.get("containerid")),
         podref=_text(spec.get("podref")),
         ifname=_text(spec.get("ifname")),
+        node=_text(spec.get("node")) or None,
     )
 
 

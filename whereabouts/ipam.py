@@ -15,11 +15,11 @@ Ordering rules that keep the invariants on every backend:
 from __future__ import annotations
 
 import ipaddress
-import logging
 from dataclasses import dataclass, replace
 from typing import AbstractSet, Callable, Dict, List, Optional, Sequence, Set, Tuple, TypeVar
 
 from . import allocator, faults
+from . import log as logs
 from .config import IPAMConfig, IPInterface, RangeConfig
 from .errors import AddressInUseError, CheckFailedError, ConflictError, TryAgainLaterError
 from .iprange import usable_bounds
@@ -27,7 +27,7 @@ from .model import IPAddress, Owner, Pool, PoolKey, Reservation, ReservationKey
 from .retry import Backoff, RetryPolicy
 from .storage.base import Store
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 T = TypeVar("T")
 

@@ -7,13 +7,13 @@ stderr writers, a store opener) so tests drive it without a process.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, TextIO
 
 from .. import __version__
+from .. import log as logs
 from ..errors import (
     DecodingError,
     IncompatibleVersionError,
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ..model import Owner
     from ..storage.base import Store
 
-log = logging.getLogger("whereabouts.cni")
+log = logs.get("whereabouts.cni")
 
 StoreOpener = Callable[["IPAMConfig"], "Store"]
 
@@ -91,6 +91,8 @@ def main(
         log.exception("%s failed", command)
         _write(out, _error(cni_version, InternalError(f"internal error: {exc!r}")))
         return 1
+    finally:
+        logs.reset()
     if output is not None:
         _write(out, output)
     return 0
@@ -119,9 +121,7 @@ def dispatch(
             sys.stderr.write(f"whereabouts: DEL ignored an unusable configuration: {exc.msg}\n")
             return None
         raise
-    from .logsetup import configure
-
-    configure(conf.ipam.log_level, conf.ipam.log_file)
+    logs.configure(conf.ipam.log_level, conf.ipam.log_file)
     _check_version(command, conf.cni_version)
     handler = _HANDLERS[command]
     return handler(conf, inv, open_store)

@@ -13,14 +13,14 @@ it would free an address some other writer still believes it holds.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+from .. import log as logs
 from ..errors import StoreError
 from ..iprange import usable_bounds
 from ..model import IPAddress, IPNetwork, Owner, Pool, PoolKey, ReservationKey, normalize_name
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 # status.capacity is an integer in the CRD, which the API server holds as an int64.
 _INT64_MAX = 2**63 - 1

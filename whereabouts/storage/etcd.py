@@ -21,13 +21,13 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import logging
 import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .. import log as logs
 from ..errors import ConflictError, ObjectTooLargeError, StoreError, StoreUnavailableError
 from ..model import Pool, PoolKey, Reservation, ReservationKey
 from . import codec
@@ -37,7 +37,7 @@ if TYPE_CHECKING:
 
     from ..config import EtcdConfig
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 DEFAULT_PORT = 2379
 # Errors the connection itself raises: the server is down, unreachable or went away.

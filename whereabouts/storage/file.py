@@ -21,18 +21,18 @@ from __future__ import annotations
 import errno
 import fcntl
 import json
-import logging
 import os
 import threading
 import time
 from contextlib import contextmanager, suppress
 from typing import Any, Dict, Iterator, List, Mapping, Optional
 
+from .. import log as logs
 from ..errors import ConflictError, StoreError, StoreUnavailableError
 from ..model import Pool, PoolKey, Reservation, ReservationKey
 from . import codec
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 _SUFFIX = ".json"
 

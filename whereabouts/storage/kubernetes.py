@@ -21,17 +21,17 @@ reservations (the chart's Role for the plugin); listing is for the controllers.
 from __future__ import annotations
 
 import calendar
-import logging
 import time
 from typing import Any, Dict, Iterator, Mapping, Optional
 from urllib.parse import quote, urlencode
 
+from .. import log as logs
 from ..errors import ConflictError, StoreError
 from ..kube.api import ApiConflictError, ApiError, NotFoundError, Transport
 from ..model import Pool, PoolKey, Reservation, ReservationKey
 from . import codec
 
-log = logging.getLogger(__name__)
+log = logs.get(__name__)
 
 GROUP = "whereabouts.cni.cncf.io"
 API_VERSION = f"{GROUP}/v1alpha1"

@@ -58,7 +58,7 @@ PLUGIN_RULES = [
 
 def install_plugin_dir(cni_bin_dir: Path, whereabouts_bin: Path, target: Path) -> Path:
     """A node's CNI bin dir: the reference plugins and whereabouts.pyz installed the way
-    the installer does it, with an absolute interpreter (``-sE``) in place of
+    the installer does it, with an absolute interpreter (``-sES``) in place of
     ``/usr/bin/env python3`` (which may be a slow pyenv shim)."""
     target.mkdir(parents=True, exist_ok=True)
     for entry in cni_bin_dir.iterdir():
@@ -68,7 +68,7 @@ def install_plugin_dir(cni_bin_dir: Path, whereabouts_bin: Path, target: Path) -
     assert data.startswith(b"#!"), f"{whereabouts_bin} has no shebang"
     body = data[data.index(b"\n") + 1 :]
     plugin = target / "whereabouts"
-    plugin.write_bytes(f"#!{os.path.realpath(sys.executable)} -sE\n".encode() + body)
+    plugin.write_bytes(f"#!{os.path.realpath(sys.executable)} -sES\n".encode() + body)
     plugin.chmod(0o755)
     return target
 

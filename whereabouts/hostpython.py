@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import Callable, List, Optional, Sequence, Tuple
 
 MIN_VERSION: Tuple[int, int] = (3, 9)
-MAX_SHEBANG = 120  # Linux cut the #! line at 127 bytes before 5.1; leave room for " -sE"
+MAX_SHEBANG = 120  # Linux cut the #! line at 127 bytes before 5.1; leave room for " -sES"
 MAX_SYMLINKS = 40  # what the kernel allows (ELOOP)
 
 # Where distributions put python3. The unversioned names come first: they survive minor
@@ -58,7 +58,7 @@ class HostPython:
 
     @property
     def shebang(self) -> str:
-        return f"#!{self.path} -sE"
+        return f"#!{self.path} -sES"
 
 
 def in_root(root: str, host_path: str) -> str:

@@ -4,7 +4,7 @@ Writes, each atomically (temp file in the same directory, fsync, rename) and onl
 content differs, so re-running is a no-op and a runtime executing the plugin meanwhile sees
 either the old or the new file, never a mix:
 
-- ``<cni-bin-dir>/whereabouts``: the zipapp, shebang rewritten to ``#!<host python> -sE`` (0755)
+- ``<cni-bin-dir>/whereabouts``: the zipapp, shebang rewritten to ``#!<host python> -sES`` (0755)
 - ``<cni-conf-dir>/whereabouts.d/whereabouts.conf``: the flat file (JSON, 0600)
 - ``<cni-conf-dir>/whereabouts.d/whereabouts.kubeconfig``: datastore kubernetes only (0600)
 - ``<cni-conf-dir>/whereabouts.d/nodename``: the node name (read by upstream-style tooling)

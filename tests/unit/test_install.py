@@ -125,7 +125,7 @@ def test_install_writes_plugin_flat_file_and_kubeconfig(host: Host) -> None:
 
     assert _mode(host.plugin) == 0o755
     data = host.plugin.read_bytes()
-    assert data.startswith(b"#!/usr/bin/python3 -sE\n")
+    assert data.startswith(b"#!/usr/bin/python3 -sES\n")
     assert data.split(b"\n", 1)[1] == host.pyz.read_bytes().split(b"\n", 1)[1]
     assert zipfile.is_zipfile(host.plugin)
 
@@ -216,7 +216,7 @@ def test_running_shell_plugin_survives_replacement(host: Host) -> None:
     try:
         _wait_for_line(proc, "started")
         assert host.run() == 0
-        assert host.plugin.read_bytes().startswith(b"#!/usr/bin/python3 -sE\n")
+        assert host.plugin.read_bytes().startswith(b"#!/usr/bin/python3 -sES\n")
         assert host.plugin.stat().st_ino != old_inode
         out, _ = proc.communicate(timeout=30)
     finally:
@@ -252,7 +252,7 @@ def test_running_zipapp_plugin_survives_replacement(host: Host, tmp_path: Path) 
         archive.writestr("__main__.py", PINNED_MAIN)
         archive.writestr("lazy.py", "MESSAGE = 'old lazy module'\n")
     data = host.plugin.read_bytes()
-    host.plugin.write_bytes(f"#!{os.path.realpath(sys.executable)} -sE\n".encode() + data)
+    host.plugin.write_bytes(f"#!{os.path.realpath(sys.executable)} -sES\n".encode() + data)
     host.plugin.chmod(0o755)
     proc = subprocess.Popen([str(host.plugin)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
@@ -278,7 +278,7 @@ def test_plugin_runs_after_shebang_rewrite(tmp_path: Path) -> None:
                        "--pyz", str(pyz), "--python", python, "--datastore", "file"], environ={})
     assert rc == 0
     plugin = tmp_path / "bin/whereabouts"
-    assert plugin.read_bytes().startswith(f"#!{python} -sE\n".encode())
+    assert plugin.read_bytes().startswith(f"#!{python} -sES\n".encode())
     out = subprocess.run([str(plugin)], env={"CNI_COMMAND": "VERSION"}, capture_output=True,
                          text=True, check=True)
     assert "1.1.0" in json.loads(out.stdout)["supportedVersions"]
@@ -504,7 +504,7 @@ def test_python3_symlink_resolves_inside_the_host_root(tmp_path: Path) -> None:
     found = find_host_python(str(root))
     assert (found.path, found.real_path) == ("/usr/bin/python3", "/usr/bin/python3.11")
     assert found.version == (3, 11)
-    assert found.shebang == "#!/usr/bin/python3 -sE"
+    assert found.shebang == "#!/usr/bin/python3 -sES"
 
 
 def test_absolute_symlink_never_escapes_to_the_container(tmp_path: Path) -> None:

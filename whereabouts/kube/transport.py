@@ -10,7 +10,6 @@ connection the server has meanwhile closed once on a fresh one.
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
 import ssl
@@ -19,43 +18,17 @@ import time
 from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
-from .. import __version__
+from .. import __version__, httpwire
 from ..errors import StoreError, StoreUnavailableError
 from .api import JSON, error_for_status, retry_after_seconds
 from .kubeconfig import ClusterAccess
 
 USER_AGENT = f"whereabouts/{__version__} (python)"
-_STALE_CONNECTION = (
-    http.client.RemoteDisconnected,
-    ConnectionResetError,
-    BrokenPipeError,
-    http.client.CannotSendRequest,
-)
-
-
-class _HTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS that verifies the certificate against ``server_name`` rather than the host
-    dialled (kubeconfig ``tls-server-name``)."""
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        timeout: float,
-        context: ssl.SSLContext,
-        server_name: Optional[str],
-    ) -> None:
-        super().__init__(host, port, timeout=timeout, context=context)
-        self._tls = context
-        self._server_name = server_name or host
-
-    def connect(self) -> None:
-        http.client.HTTPConnection.connect(self)
-        self.sock = self._tls.wrap_socket(self.sock, server_hostname=self._server_name)
+_STALE_CONNECTION = (ConnectionResetError, BrokenPipeError)
 
 
 class HTTPTransport:
-    """``api.Transport`` over http.client.
+    """``api.Transport`` over ``httpwire`` (http.client costs too much to import per exec).
 
     ``timeout`` bounds each socket operation; ``deadline`` (a ``time.monotonic()``
     value) is the latest moment a Retry-After wait may end. Threads share the one
@@ -79,7 +52,7 @@ class HTTPTransport:
             raise StoreError(f"{access.source}: server {access.server!r} has a bad port") from exc
         # API servers behind a proxy path (e.g. Rancher's /k8s/clusters/<id>).
         self._base = url.path.rstrip("/")
-        self._conn: Optional[http.client.HTTPConnection] = None
+        self._conn: Optional[httpwire.Connection] = None
         self._served = 0  # responses read on the current connection
         self._token: Optional[str] = None
         self._lock = threading.Lock()
@@ -161,7 +134,7 @@ class HTTPTransport:
                 f"TLS verification of {self.access.server} failed: {exc.verify_message}; "
                 f"check certificate-authority in {self.access.source}"
             ) from exc
-        except (OSError, http.client.HTTPException) as exc:
+        except OSError as exc:
             self.close()
             raise StoreUnavailableError(
                 f"cannot reach the Kubernetes API server at {self.access.server}: {_describe(exc)}"
@@ -171,29 +144,19 @@ class HTTPTransport:
         self, method: str, target: str, payload: Optional[bytes], headers: Mapping[str, str]
     ) -> Tuple[int, Dict[str, str], bytes]:
         conn = self._connection()
-        conn.request(method, target, body=payload, headers=dict(headers))
-        response = conn.getresponse()
-        data = response.read()
+        response = conn.request(method, target, payload, headers)
         self._served += 1
-        lowered = {k.lower(): v for k, v in response.getheaders()}
         if response.will_close:
             self.close()
-        return response.status, lowered, data
+        return response.status, response.headers, response.body
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> httpwire.Connection:
         if self._conn is None:
-            if self._scheme == "https":
-                self._conn = _HTTPSConnection(
-                    self._host,
-                    self._port,
-                    self.timeout,
-                    self.access.ssl_context(),
-                    self.access.tls_server_name,
-                )
-            else:
-                self._conn = http.client.HTTPConnection(
-                    self._host, self._port, timeout=self.timeout
-                )
+            context = self.access.ssl_context() if self._scheme == "https" else None
+            # tls-server-name: verify the certificate against it, not the host dialled.
+            self._conn = httpwire.Connection(
+                self._host, self._port, self.timeout, context, self.access.tls_server_name
+            )
             self._served = 0
         return self._conn
 

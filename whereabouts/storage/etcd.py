@@ -19,7 +19,6 @@ int64 fields as strings. Paths are ``/v3/...`` (etcd 3.4 and later).
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import socket
 import threading
@@ -27,6 +26,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
+from .. import httpwire
 from .. import log as logs
 from ..errors import ConflictError, ObjectTooLargeError, StoreError, StoreUnavailableError
 from ..model import Pool, PoolKey, Reservation, ReservationKey
@@ -41,15 +41,10 @@ log = logs.get(__name__)
 
 DEFAULT_PORT = 2379
 # Errors the connection itself raises: the server is down, unreachable or went away.
-_NETWORK_ERRORS = (OSError, http.client.HTTPException)
+_NETWORK_ERRORS = (OSError,)
 # A reused keep-alive connection the server already closed fails with one of these
 # before any byte of the request is processed.
-_STALE_CONNECTION = (
-    http.client.RemoteDisconnected,
-    ConnectionResetError,
-    BrokenPipeError,
-    http.client.CannotSendRequest,
-)
+_STALE_CONNECTION = (ConnectionResetError, BrokenPipeError)
 
 
 class _GatewayError(Exception):
@@ -74,7 +69,7 @@ class EtcdStore:
         self.page_size = page_size
         self._endpoints = parse_endpoints(config)
         self._current = 0
-        self._conn: Optional[http.client.HTTPConnection] = None
+        self._conn: Optional[httpwire.Connection] = None
         self._fresh = False
         self._ssl: Optional[ssl.SSLContext] = None
         self._token: Optional[str] = None
@@ -311,9 +306,7 @@ class EtcdStore:
         reused = not self._fresh
         self._fresh = False
         try:
-            conn.request("POST", path, body=payload, headers=dict(headers))
-            response = conn.getresponse()
-            return response.status, response.read()
+            response = conn.request("POST", path, payload, headers)
         except _STALE_CONNECTION:
             if not reused:
                 raise
@@ -321,19 +314,16 @@ class EtcdStore:
             self.close()
             conn = self._connection()
             self._fresh = False
-            conn.request("POST", path, body=payload, headers=dict(headers))
-            response = conn.getresponse()
-            return response.status, response.read()
+            response = conn.request("POST", path, payload, headers)
+        if response.will_close:
+            self.close()
+        return response.status, response.body
 
-    def _connection(self) -> http.client.HTTPConnection:
+    def _connection(self) -> httpwire.Connection:
         if self._conn is None:
             scheme, host, port = self._endpoints[self._current]
-            if scheme == "https":
-                self._conn = http.client.HTTPSConnection(
-                    host, port, timeout=self.timeout, context=self._ssl_context()
-                )
-            else:
-                self._conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
+            context = self._ssl_context() if scheme == "https" else None
+            self._conn = httpwire.Connection(host, port, self.timeout, context)
             self._fresh = True
         return self._conn
 

@@ -71,6 +71,16 @@ def cni_bin_dir(e2e_tools: ToolPaths, tmp_path_factory: pytest.TempPathFactory) 
     return bin_dir
 
 
+@pytest.fixture(scope="module")
+def bin_dir(
+    cni_bin_dir: Path, whereabouts_bin: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """A node's CNI bin dir with the plugin installed as the installer does (per module)."""
+    from e2e.scenarios import install_plugin_dir  # e2e.scenarios imports this module
+
+    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
+
+
 @pytest.fixture(scope="session")
 def helm_bin(e2e_tools: ToolPaths) -> Path:
     if not os.access(e2e_tools.helm, os.X_OK):

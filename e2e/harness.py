@@ -44,7 +44,6 @@ import os
 import secrets
 import socket
 import ssl
-import subprocess
 import threading
 import time
 import uuid
@@ -343,27 +342,9 @@ class KubeApi:
     def _once(
         self, method: str, path: str, body: Optional[Any], content_type: str, timeout: float
     ) -> Tuple[int, Any]:
-        conn = http.client.HTTPSConnection(
-            "127.0.0.1", self.cluster.apiserver_port, context=self._ssl, timeout=timeout
+        return self.cluster.api(
+            method, path, body, timeout=timeout, content_type=content_type, context=self._ssl
         )
-        headers = {
-            "Authorization": f"Bearer {self.cluster.admin_token}",
-            "Accept": "application/json",
-        }
-        data = None
-        if body is not None:
-            data = json.dumps(body).encode()
-            headers["Content-Type"] = content_type
-        try:
-            conn.request(method, path, body=data, headers=headers)
-            resp = conn.getresponse()
-            raw = resp.read()
-        finally:
-            conn.close()
-        try:
-            return resp.status, json.loads(raw) if raw else None
-        except ValueError:
-            return resp.status, raw.decode(errors="replace")
 
     def request(
         self,
@@ -962,34 +943,14 @@ def run_cnitool(
     env: Optional[Mapping[str, str]] = None,
     timeout: float = 150.0,
 ) -> netns.CniResult:
-    """``netns.run_cnitool`` plus environment for cnitool itself (``CNI_ARGS``,
-    ``CNI_IFNAME``, ``CAP_ARGS``): libcni runs the conflist in ``node``'s netns and caches
-    results under ``state_dir`` (bind-mounted over /var/lib in the exec's private mount
-    namespace)."""
-    full_env = {
-        "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
-        "NETCONFPATH": str(netconf_dir),
-        "CNI_PATH": ":".join(map(str, cni_path)),
-        "STATE_DIR": str(state_dir),
-        **(env or {}),
-    }
-    Path(state_dir).mkdir(parents=True, exist_ok=True)
-    script = 'mount --bind "$STATE_DIR" /var/lib && exec "$@"'
-    proc = subprocess.run(
-        ["ip", "netns", "exec", node, "sh", "-c", script, "sh", str(cnitool), *args],
-        env=full_env,
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=timeout,
+    """``netns.run_cnitool`` with environment for cnitool itself (``CNI_ARGS``,
+    ``CNI_IFNAME``, ``CAP_ARGS``) and a longer timeout: libcni runs the conflist in
+    ``node``'s netns and caches results under ``state_dir`` (bind-mounted over /var/lib
+    in the exec's private mount namespace)."""
+    return netns.run_cnitool(
+        args, node, netconf_dir, cni_path=cni_path, cnitool=cnitool, state_dir=state_dir,
+        env=env, timeout=timeout,
     )
-    output: Any = None
-    if proc.stdout.strip():
-        try:
-            output = json.loads(proc.stdout)
-        except ValueError:
-            output = proc.stdout
-    return netns.CniResult(proc.returncode, output, proc.stderr)
 
 
 def _full_ref(ref: str, namespace: str) -> str:

@@ -533,9 +533,14 @@ class LocalCluster:
         body: Optional[Any] = None,
         token: Optional[str] = None,
         timeout: float = 30,
+        *,
+        content_type: str = "application/json",
+        context: Optional[ssl.SSLContext] = None,
     ) -> Tuple[int, Any]:
-        """One HTTPS request to the API server (admin token by default); (status, decoded body)."""
-        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        """One HTTPS request to the API server (admin token by default); (status, decoded body).
+
+        ``context`` verifies against ``ca_file`` when not given."""
+        ctx = context or ssl.create_default_context(cafile=str(self.ca_file))
         conn = http.client.HTTPSConnection(
             "127.0.0.1", self.apiserver_port, context=ctx, timeout=timeout
         )
@@ -546,7 +551,7 @@ class LocalCluster:
         data = None
         if body is not None:
             data = json.dumps(body).encode()
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()

@@ -278,26 +278,29 @@ def run_cnitool(
     cni_path: Sequence[Union[str, Path]],
     cnitool: Union[str, Path],
     state_dir: Union[str, Path],
+    env: Optional[Mapping[str, str]] = None,
     timeout: float = 60,
 ) -> CniResult:
-    """Run ``cnitool <args>`` in ``node``'s netns with NETCONFPATH=netconf_dir (*.conflist files).
+    """Run ``cnitool <args>`` in ``node``'s netns with NETCONFPATH=netconf_dir (*.conflist files)
+    and ``env`` added to cnitool's environment.
 
     libcni caches results under /var/lib/cni; ``state_dir`` is bind-mounted over
     /var/lib in the private mount namespace ``ip netns exec`` makes, so the cache
     (which GC reads to find stale attachments) persists between calls of one
     test and never touches the host.
     """
-    env = {
+    full_env = {
         "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"),
         "NETCONFPATH": str(netconf_dir),
         "CNI_PATH": ":".join(map(str, cni_path)),
         "STATE_DIR": str(state_dir),
+        **(env or {}),
     }
     Path(state_dir).mkdir(parents=True, exist_ok=True)
     script = 'mount --bind "$STATE_DIR" /var/lib && exec "$@"'
     proc = subprocess.run(
         ["ip", "netns", "exec", node, "sh", "-c", script, "sh", str(cnitool), *args],
-        env=env,
+        env=full_env,
         capture_output=True,
         text=True,
         check=False,

@@ -13,21 +13,36 @@ A datastore object plays the part of whereabouts' installation:
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import ipaddress
 import json
 import os
+import secrets
+import signal
 import subprocess
 import sys
 import threading
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Set
+from typing import (
+    Any,
+    Dict,
+    Iterable,
+    Iterator,
+    List,
+    Mapping,
+    Optional,
+    Sequence,
+    Set,
+    Tuple,
+)
 from urllib.parse import urlsplit
 
 from e2e import netns
 from e2e.conftest import unavailable
-from e2e.harness import Harness, Network, Pod, poll, run_concurrently
+from e2e.harness import Harness, LoopbackRelay, Network, Pod, poll, run_concurrently
 from e2e.localcluster import LocalCluster, ToolPaths, read_versions
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +86,28 @@ def install_plugin_dir(cni_bin_dir: Path, whereabouts_bin: Path, target: Path) -
     plugin.write_bytes(f"#!{os.path.realpath(sys.executable)} -sES\n".encode() + body)
     plugin.chmod(0o755)
     return target
+
+
+@contextlib.contextmanager
+def relayed_nodes(topology: netns.Topology, count: int, port: int) -> Iterator[netns.Topology]:
+    """``count`` nodes added to ``topology``, each seeing the host's 127.0.0.1:``port``
+    through a LoopbackRelay; relay and topology are cleaned up on exit."""
+    relay = LoopbackRelay()
+    try:
+        for _ in range(count):
+            relay.expose(topology.add_node(), port)
+        yield topology
+    finally:
+        relay.close()
+        topology.cleanup()
+
+
+@contextlib.contextmanager
+def checked_cleanup(harness: Harness) -> Iterator[Harness]:
+    """Yields ``harness``; on exit its teardown DELs run and must all succeed."""
+    yield harness
+    problems = harness.cleanup()
+    assert not problems, f"teardown DELs failed: {problems}"
 
 
 def macvlan(name: str, ipam: Mapping[str, Any], cni_version: str = "1.0.0") -> Dict[str, Any]:
@@ -178,6 +215,15 @@ class KubernetesDatastore(Datastore):
                 30,
             )
         return self
+
+    def uninstall(self) -> None:
+        """Deletes the pools, reservations and namespace (without waiting: nothing
+        finalizes a namespace without kube-controller-manager)."""
+        self.cluster.kubectl(
+            "delete", IPPOOLS, RESERVATIONS, "--all", "-n", self.namespace, "--wait=false",
+            check=False,
+        )
+        self.cluster.kubectl("delete", "namespace", self.namespace, "--wait=false", check=False)
 
     def _served(self, path: str) -> bool:
         return self.cluster.api("GET", path)[0] == 200
@@ -575,3 +621,70 @@ __all__ = [
     "run_concurrently",
     "single_pod_lifecycle",
 ]
+
+
+# ---------------------------------------------------------------- controller processes
+
+
+def child_env(*drop: str) -> Dict[str, str]:
+    """The environment of a `whereabouts` controller process run from this checkout:
+    no in-cluster or node settings of the test run (nor ``drop``)."""
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "NODENAME", *drop)}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+@dataclass
+class Agent:
+    """A running `whereabouts controlloop` process and its log."""
+
+    proc: subprocess.Popen[bytes]
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.output()}")
+        return True
+
+    def stop(self) -> int:
+        """SIGTERM, as the kubelet stops the DaemonSet pod."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def start_agent(
+    kubeconfig: Path,
+    namespace: str,
+    node: str,
+    workdir: Path,
+    *args: str,
+    log_level: str = "debug",
+    drop_env: Tuple[str, ...] = (),
+) -> Agent:
+    """`whereabouts controlloop` for ``node`` as a process, once it watches (its log in
+    ``workdir``)."""
+    log = workdir / f"agent-{node}-{secrets.token_hex(3)}.log"
+    cmd = [sys.executable, "-m", "whereabouts", "controlloop", "--kubeconfig", str(kubeconfig),
+           "--namespace", namespace, "--node-name", node, "--grace-period", "0",
+           "--log-level", log_level, *args]
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                env=child_env(*drop_env), cwd=REPO)
+    agent = Agent(proc, log)
+    try:
+        poll(f"the agent of {node} watching",
+             lambda: agent.alive() and "watching the pods" in agent.output(), timeout=60)
+    except BaseException:
+        agent.stop()
+        raise
+    return agent

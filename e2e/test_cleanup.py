@@ -13,7 +13,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import time
@@ -26,15 +25,18 @@ import pytest
 
 from e2e import netns
 from e2e.conftest import unavailable
-from e2e.harness import Harness, KubeApi, LoopbackRelay, Pod, ensure_nad_crd, poll
+from e2e.harness import Harness, KubeApi, Pod, ensure_nad_crd, poll
 from e2e.localcluster import LocalCluster, ToolPaths
 from e2e.scenarios import (
+    Agent,
     KubernetesDatastore,
     assert_no_duplicates,
-    install_plugin_dir,
+    child_env,
     macvlan,
     pool_name,
+    relayed_nodes,
     reservation_name,
+    start_agent,
 )
 
 REPO = Path(__file__).resolve().parent.parent
@@ -141,62 +143,12 @@ class Env:
         return start_agent(self.agent_kubeconfig, self.namespace, node, self.workdir, *args)
 
 
-def child_env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "NODENAME")}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 def reconcile(kubeconfig: Path, namespace: str, *args: str) -> subprocess.CompletedProcess[str]:
     """`whereabouts reconcile` as a process; its stdout/stderr captured."""
     cmd = [sys.executable, "-m", "whereabouts", "reconcile", "--kubeconfig", str(kubeconfig),
            "--namespace", namespace, "--log-level", "debug", *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=child_env(),
                           cwd=REPO, check=False)
-
-
-def start_agent(kubeconfig: Path, namespace: str, node: str, workdir: Path, *args: str) -> Agent:
-    """`whereabouts controlloop` as a process, once it watches (its log in ``workdir``)."""
-    log = workdir / f"agent-{node}-{secrets.token_hex(3)}.log"
-    cmd = [sys.executable, "-m", "whereabouts", "controlloop", "--kubeconfig", str(kubeconfig),
-           "--namespace", namespace, "--node-name", node, "--grace-period", "0",
-           "--log-level", "debug", *args]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(),
-                                cwd=REPO)
-    agent = Agent(proc, log)
-    try:
-        poll(f"agent on {node} watching",
-             lambda: agent.alive() and "watching the pods" in agent.output(), timeout=60)
-    except BaseException:
-        agent.stop()
-        raise
-    return agent
-
-
-@dataclass
-class Agent:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.output()}")
-        return True
-
-    def stop(self) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
 
 
 def summary(out: str) -> Dict[str, int]:
@@ -416,23 +368,11 @@ def test_agent_stops_promptly_on_sigterm(env: Env) -> None:
 
 
 @pytest.fixture(scope="module")
-def plugin_bin_dir(cni_bin_dir: Path, whereabouts_bin: Path,
-                   tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
-
-
-@pytest.fixture(scope="module")
 def topology(netns_factory: Callable[[], netns.Topology],
              local_cluster: LocalCluster) -> Iterator[netns.Topology]:
     """One node that sees the API server at the host's 127.0.0.1:<port>."""
-    topo = netns_factory()
-    relay = LoopbackRelay()
-    try:
-        relay.expose(topo.add_node(), local_cluster.apiserver_port)
+    with relayed_nodes(netns_factory(), 1, local_cluster.apiserver_port) as topo:
         yield topo
-    finally:
-        relay.close()
-        topo.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -443,11 +383,11 @@ def kube(local_cluster: LocalCluster, e2e_tools: ToolPaths, topology: netns.Topo
 
 
 @pytest.fixture
-def harness(local_cluster: LocalCluster, topology: netns.Topology, plugin_bin_dir: Path,
+def harness(local_cluster: LocalCluster, topology: netns.Topology, bin_dir: Path,
             kube: KubernetesDatastore) -> Iterator[Harness]:
     pods_ns = f"wa-clean-plugin-pods-{secrets.token_hex(3)}"
     local_cluster.create_namespace(pods_ns)
-    h = Harness(topology, [plugin_bin_dir], kube.node_ipam, cluster=local_cluster,
+    h = Harness(topology, [bin_dir], kube.node_ipam, cluster=local_cluster,
                 namespace=pods_ns)
     ensure_nad_crd(local_cluster, h.api)  # type: ignore[arg-type]
     yield h

@@ -24,15 +24,13 @@ from typing import Any, Callable, Dict, Iterator, List, Optional
 import pytest
 
 from e2e import netns
-from e2e.harness import LoopbackRelay, cnitool_container_id, merge_node_ipam, run_cnitool
+from e2e.harness import cnitool_container_id, merge_node_ipam, run_cnitool
 from e2e.localcluster import LocalCluster, ToolPaths
 from e2e.scenarios import (
-    IPPOOLS,
-    RESERVATIONS,
     KubernetesDatastore,
-    install_plugin_dir,
     offset,
     pool_name,
+    relayed_nodes,
     reservation_name,
 )
 
@@ -43,25 +41,11 @@ CIDR = "10.40.0.0/24"
 
 
 @pytest.fixture(scope="module")
-def bin_dir(
-    cni_bin_dir: Path, whereabouts_bin: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
-
-
-@pytest.fixture(scope="module")
 def topology(
     netns_factory: Callable[[], netns.Topology], local_cluster: LocalCluster
 ) -> Iterator[netns.Topology]:
-    topo = netns_factory()
-    relay = LoopbackRelay()
-    try:
-        for _ in range(2):
-            relay.expose(topo.add_node(), local_cluster.apiserver_port)
+    with relayed_nodes(netns_factory(), 2, local_cluster.apiserver_port) as topo:
         yield topo
-    finally:
-        relay.close()
-        topo.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -75,11 +59,7 @@ def kube(
         tmp_path_factory.mktemp("kube"),
     ).install()
     yield store
-    local_cluster.kubectl(
-        "delete", IPPOOLS, RESERVATIONS, "--all", "-n", store.namespace, "--wait=false",
-        check=False,
-    )
-    local_cluster.kubectl("delete", "namespace", store.namespace, "--wait=false", check=False)
+    store.uninstall()
 
 
 class Runtime:

@@ -27,7 +27,6 @@ import json
 import os
 import re
 import secrets
-import signal
 import subprocess
 import sys
 import threading
@@ -42,17 +41,19 @@ import pytest
 
 from e2e import netns
 from e2e.conftest import unavailable
-from e2e.harness import CniCall, Harness, LoopbackRelay, Network, Pod, ensure_nad_crd, poll
+from e2e.harness import CniCall, Harness, Network, Pod, ensure_nad_crd, poll
 from e2e.localcluster import LocalCluster, ToolPaths, read_versions
 from e2e.scenarios import (
-    IPPOOLS,
-    RESERVATIONS,
+    Agent,
     KubernetesDatastore,
+    checked_cleanup,
+    child_env,
     in_range,
-    install_plugin_dir,
     macvlan,
     offset,
     pool_name,
+    relayed_nodes,
+    start_agent,
 )
 
 pytestmark = pytest.mark.e2e
@@ -290,13 +291,6 @@ def assert_pods_running_with_their_address(harness: Harness, pods: Sequence[Pod]
 # ---------------------------------------------------------------- the controllers
 
 
-def child_env() -> Dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("KUBECONFIG", "KUBERNETES_SERVICE_HOST", "NODENAME", FAULTS_ENV)}
-    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
-    return env
-
-
 @dataclass
 class Controllers:
     namespace: str
@@ -310,7 +304,7 @@ class Controllers:
                str(self.reconciler_kubeconfig), "--namespace", self.namespace,
                "--grace-period", "0", "--log-level", "info"]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120,
-                              env=child_env(), cwd=REPO, check=False)
+                              env=child_env(FAULTS_ENV), cwd=REPO, check=False)
         assert proc.returncode == 0, f"reconcile exited {proc.returncode}:\n{proc.stderr}"
         m = re.search(r"pools checked: (\d+), allocations freed: (\d+), "
                       r"reservations freed: (\d+), errors: (\d+)", proc.stdout)
@@ -320,70 +314,19 @@ class Controllers:
 
     def start_agent(self, node: str) -> Agent:
         """``whereabouts controlloop`` for ``node``, once it watches."""
-        log = self.workdir / f"agent-{node}-{secrets.token_hex(3)}.log"
-        cmd = [sys.executable, "-m", "whereabouts", "controlloop", "--kubeconfig",
-               str(self.agent_kubeconfig), "--namespace", self.namespace, "--node-name", node,
-               "--grace-period", "0", "--log-level", "info"]
-        with open(log, "wb") as out:
-            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=child_env(),
-                                    cwd=REPO)
-        agent = Agent(proc, log)
-        try:
-            poll(f"the agent of {node} watching",
-                 lambda: agent.alive() and "watching the pods" in agent.output(), timeout=60)
-        except BaseException:
-            agent.stop()
-            raise
-        return agent
-
-
-@dataclass
-class Agent:
-    proc: subprocess.Popen[bytes]
-    log: Path
-
-    def output(self) -> str:
-        return self.log.read_text(errors="replace")
-
-    def alive(self) -> bool:
-        if self.proc.poll() is not None:
-            raise AssertionError(f"agent exited {self.proc.returncode}:\n{self.output()}")
-        return True
-
-    def stop(self) -> int:
-        """SIGTERM, as the kubelet stops the DaemonSet pod."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
+        return start_agent(self.agent_kubeconfig, self.namespace, node, self.workdir,
+                           log_level="info", drop_env=(FAULTS_ENV,))
 
 
 # ---------------------------------------------------------------- fixtures
 
 
 @pytest.fixture(scope="module")
-def bin_dir(cni_bin_dir: Path, whereabouts_bin: Path,
-            tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
-
-
-@pytest.fixture(scope="module")
 def topology(netns_factory: Callable[[], netns.Topology],
              local_cluster: LocalCluster) -> Iterator[netns.Topology]:
     """Three nodes; each sees the API server at the host's 127.0.0.1:<port>."""
-    topo = netns_factory()
-    relay = LoopbackRelay()
-    try:
-        for _ in range(3):
-            relay.expose(topo.add_node(), local_cluster.apiserver_port)
+    with relayed_nodes(netns_factory(), 3, local_cluster.apiserver_port) as topo:
         yield topo
-    finally:
-        relay.close()
-        topo.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -392,9 +335,7 @@ def kube(local_cluster: LocalCluster, e2e_tools: ToolPaths, topology: netns.Topo
     store = KubernetesDatastore(local_cluster, e2e_tools, f"wa-faults-{secrets.token_hex(3)}",
                                 tmp_path_factory.mktemp("kube")).install()
     yield store
-    local_cluster.kubectl("delete", IPPOOLS, RESERVATIONS, "--all", "-n", store.namespace,
-                          "--wait=false", check=False)
-    local_cluster.kubectl("delete", "namespace", store.namespace, "--wait=false", check=False)
+    store.uninstall()
 
 
 @pytest.fixture(scope="module")
@@ -437,10 +378,9 @@ def harness(local_cluster: LocalCluster, topology: netns.Topology, bin_dir: Path
                       namespace=pods_ns, cni_timeout=2 * CALL_DEADLINE)
     h.fault_env, h.record = {}, Calls()
     ensure_nad_crd(local_cluster, h.api)  # type: ignore[arg-type]
-    yield h
-    h.fault_env = {}
-    problems = h.cleanup()
-    assert not problems, f"teardown DELs failed: {problems}"
+    with checked_cleanup(h):
+        yield h
+        h.fault_env = {}
     local_cluster.kubectl("delete", "namespace", pods_ns, "--wait=false", check=False)
 
 

@@ -15,15 +15,16 @@ import pytest
 
 from e2e import netns
 from e2e.conftest import unavailable
-from e2e.harness import Harness, LoopbackRelay
+from e2e.harness import Harness
 from e2e.localcluster import LocalCluster, ToolPaths
 from e2e.scenarios import (
     EtcdDatastore,
+    checked_cleanup,
     concurrent_adds,
     delete_all,
-    install_plugin_dir,
     macvlan,
     pool_name,
+    relayed_nodes,
     reservation_name,
     single_pod_lifecycle,
 )
@@ -45,25 +46,11 @@ def etcd_server(e2e_tools: ToolPaths) -> Iterator[LocalCluster]:
 
 
 @pytest.fixture(scope="module")
-def bin_dir(
-    cni_bin_dir: Path, whereabouts_bin: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
-
-
-@pytest.fixture(scope="module")
 def topology(
     netns_factory: Callable[[], netns.Topology], etcd_server: LocalCluster
 ) -> Iterator[netns.Topology]:
-    topo = netns_factory()
-    relay = LoopbackRelay()
-    try:
-        for _ in range(2):
-            relay.expose(topo.add_node(), etcd_server.etcd_port)
+    with relayed_nodes(netns_factory(), 2, etcd_server.etcd_port) as topo:
         yield topo
-    finally:
-        relay.close()
-        topo.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +61,8 @@ def etcd(etcd_server: LocalCluster) -> EtcdDatastore:
 @pytest.fixture
 def harness(topology: netns.Topology, bin_dir: Path, etcd: EtcdDatastore) -> Iterator[Harness]:
     h = Harness(topology, [bin_dir], etcd.node_ipam, namespace="etcd-pods")
-    yield h
-    problems = h.cleanup()
-    assert not problems, f"teardown DELs failed: {problems}"
+    with checked_cleanup(h):
+        yield h
 
 
 def test_one_pod_add_check_del_through_macvlan_with_etcd(

@@ -15,22 +15,15 @@ from e2e import netns
 from e2e.harness import Harness
 from e2e.scenarios import (
     FileDatastore,
+    checked_cleanup,
     concurrent_adds,
     delete_all,
-    install_plugin_dir,
     macvlan,
     pool_name,
     single_pod_lifecycle,
 )
 
 pytestmark = pytest.mark.e2e
-
-
-@pytest.fixture(scope="module")
-def bin_dir(
-    cni_bin_dir: Path, whereabouts_bin: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
 
 
 @pytest.fixture(scope="module")
@@ -49,9 +42,8 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> FileDatastore:
 @pytest.fixture
 def harness(topology: netns.Topology, bin_dir: Path, store: FileDatastore) -> Iterator[Harness]:
     h = Harness(topology, [bin_dir], store.node_ipam, namespace="file-pods")
-    yield h
-    problems = h.cleanup()
-    assert not problems, f"teardown DELs failed: {problems}"
+    with checked_cleanup(h):
+        yield h
 
 
 def test_one_pod_add_check_del_through_macvlan_with_files(

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Iterator, List
 import pytest
 
 from e2e import netns
-from e2e.harness import CniCall, Harness, LoopbackRelay, Pod, ensure_nad_crd, poll
+from e2e.harness import CniCall, Harness, Pod, ensure_nad_crd, poll
 from e2e.localcluster import LocalCluster, ToolPaths
 from e2e.scenarios import (
     IPPOOLS,
@@ -35,14 +35,15 @@ from e2e.scenarios import (
     assert_recorded,
     assert_released,
     bridge,
+    checked_cleanup,
     concurrent_adds,
     delete_all,
     in_range,
-    install_plugin_dir,
     link_mac,
     macvlan,
     offset,
     pool_name,
+    relayed_nodes,
     reservation_name,
 )
 
@@ -53,26 +54,12 @@ pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture(scope="module")
-def bin_dir(
-    cni_bin_dir: Path, whereabouts_bin: Path, tmp_path_factory: pytest.TempPathFactory
-) -> Path:
-    return install_plugin_dir(cni_bin_dir, whereabouts_bin, tmp_path_factory.mktemp("node-bin"))
-
-
-@pytest.fixture(scope="module")
 def topology(
     netns_factory: Callable[[], netns.Topology], local_cluster: LocalCluster
 ) -> Iterator[netns.Topology]:
     """Three nodes; each sees the API server at the host's 127.0.0.1:<port>."""
-    topo = netns_factory()
-    relay = LoopbackRelay()
-    try:
-        for _ in range(3):
-            relay.expose(topo.add_node(), local_cluster.apiserver_port)
+    with relayed_nodes(netns_factory(), 3, local_cluster.apiserver_port) as topo:
         yield topo
-    finally:
-        relay.close()
-        topo.cleanup()
 
 
 @pytest.fixture(scope="module")
@@ -90,11 +77,7 @@ def kube(
         flat_file_nodes=[topology.nodes[1]],
     ).install()
     yield store
-    local_cluster.kubectl(
-        "delete", IPPOOLS, "overlappingrangeipreservations.whereabouts.cni.cncf.io",
-        "--all", "-n", store.namespace, "--wait=false", check=False,
-    )
-    local_cluster.kubectl("delete", "namespace", store.namespace, "--wait=false", check=False)
+    store.uninstall()
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +102,8 @@ def harness(
         topology, [bin_dir], kube.node_ipam, cluster=local_cluster, namespace=pods_namespace
     )
     ensure_nad_crd(local_cluster, h.api)  # type: ignore[arg-type]
-    yield h
-    problems = h.cleanup()
-    assert not problems, f"teardown DELs failed: {problems}"
+    with checked_cleanup(h):
+        yield h
 
 
 def nodes(topology: netns.Topology) -> List[str]:

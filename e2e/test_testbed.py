@@ -112,7 +112,8 @@ def test_helm_is_pinned_v3_and_reaches_the_cluster(
         return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
 
     assert helm("version", "--short").startswith(VERSIONS["HELM_VERSION"])
-    assert json.loads(helm("list", "-A", "-o", "json")) == []
+    # Reaching the cluster: listing releases works (other modules may have installed some).
+    assert isinstance(json.loads(helm("list", "-A", "-o", "json")), list)
 
 
 # ---------------------------------------------------------------- CNI in network namespaces

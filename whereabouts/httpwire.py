@@ -18,6 +18,16 @@ _MAX_LINE = 65536
 _MAX_HEADERS = 200
 
 
+def describe_error(exc: BaseException) -> str:
+    """A short text for a failed exchange: "timed out", the OS error's strerror, else
+    the exception's text (or its type's name)."""
+    if isinstance(exc, socket.timeout):
+        return "timed out"
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
 class HTTPError(OSError):
     """The peer broke the protocol (malformed status line, headers or body)."""
 

@@ -20,6 +20,7 @@ other 4xx              StoreError
 
 from __future__ import annotations
 
+import json
 from typing import Any, Dict, Mapping, Optional, Protocol, Tuple
 
 from ..errors import ConflictError, ObjectTooLargeError, StoreError, StoreUnavailableError
@@ -152,3 +153,23 @@ def retry_after_seconds(value: Optional[str]) -> float:
         return max(0.0, float(value)) if value else 1.0
     except ValueError:
         return 1.0
+
+
+def decode_body(data: bytes) -> Dict[str, Any]:
+    """A 2xx response body as ``Transport.request`` returns it: {} when empty, a JSON
+    list wrapped as ``{"items": [...]}``."""
+    if not data:
+        return {}
+    try:
+        decoded = json.loads(data)
+    except ValueError as exc:
+        raise StoreError(f"the API server answered with invalid JSON: {exc}") from exc
+    return decoded if isinstance(decoded, dict) else {"items": decoded}
+
+
+def error_body(data: bytes) -> Any:
+    """An error response body for ``error_for_status``: its JSON, else its text."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return data.decode("utf-8", "replace")

@@ -13,13 +13,12 @@ the resource path and raises on non-2xx; from v35 it takes a serialised request
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 from urllib.parse import parse_qsl
 
 from ..errors import StoreError, StoreUnavailableError
-from .api import JSON, error_for_status, retry_after_seconds
+from .api import JSON, decode_body, error_body, error_for_status, retry_after_seconds
 
 
 class OfficialTransport:
@@ -51,14 +50,14 @@ class OfficialTransport:
         while True:
             status, headers, data = self._exchange(method, path, body, content_type)
             if 200 <= status < 300:
-                return _decode(data)
+                return decode_body(data)
             if status == 429 and not retried:
                 retried = True
                 wait = retry_after_seconds(headers.get("retry-after"))
                 if wait <= self.timeout:
                     time.sleep(wait)
                     continue
-            raise error_for_status(status, method, path, _payload(data), self.server)
+            raise error_for_status(status, method, path, error_body(data), self.server)
 
     def close(self) -> None:
         close = getattr(self.api_client, "close", None)
@@ -144,18 +143,3 @@ def _lower(headers: Any) -> Dict[str, str]:
     return {str(k).lower(): str(v) for k, v in items}
 
 
-def _decode(data: bytes) -> Dict[str, Any]:
-    if not data:
-        return {}
-    try:
-        decoded = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"the API server answered with invalid JSON: {exc}") from exc
-    return decoded if isinstance(decoded, dict) else {"items": decoded}
-
-
-def _payload(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data.decode("utf-8", "replace")

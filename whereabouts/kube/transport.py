@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import ssl
 import threading
 import time
@@ -20,7 +19,7 @@ from urllib.parse import urlsplit
 
 from .. import __version__, httpwire
 from ..errors import StoreError, StoreUnavailableError
-from .api import JSON, error_for_status, retry_after_seconds
+from .api import JSON, decode_body, error_body, error_for_status, retry_after_seconds
 from .kubeconfig import ClusterAccess
 
 USER_AGENT = f"whereabouts/{__version__} (python)"
@@ -75,7 +74,7 @@ class HTTPTransport:
         while True:
             status, headers, data = self._exchange(method, path, payload, content_type)
             if 200 <= status < 300:
-                return _decode(data)
+                return decode_body(data)
             if status == 429 and not retried_429:
                 retried_429 = True
                 if self._wait(retry_after_seconds(headers.get("retry-after"))):
@@ -84,7 +83,7 @@ class HTTPTransport:
                 retried_401 = True
                 self._token = None  # re-read: the file may hold a rotated token by now
                 continue
-            raise error_for_status(status, method, path, _payload(data), self.access.server)
+            raise error_for_status(status, method, path, error_body(data), self.access.server)
 
     def close(self) -> None:
         if self._conn is not None:
@@ -137,7 +136,8 @@ class HTTPTransport:
         except OSError as exc:
             self.close()
             raise StoreUnavailableError(
-                f"cannot reach the Kubernetes API server at {self.access.server}: {_describe(exc)}"
+                f"cannot reach the Kubernetes API server at {self.access.server}: "
+                f"{httpwire.describe_error(exc)}"
             ) from exc
 
     def _send(
@@ -159,28 +159,3 @@ class HTTPTransport:
             )
             self._served = 0
         return self._conn
-
-
-def _decode(data: bytes) -> Dict[str, Any]:
-    if not data:
-        return {}
-    try:
-        decoded = json.loads(data)
-    except ValueError as exc:
-        raise StoreError(f"the API server answered with invalid JSON: {exc}") from exc
-    return decoded if isinstance(decoded, dict) else {"items": decoded}
-
-
-def _payload(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return data.decode("utf-8", "replace")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__

@@ -197,6 +197,17 @@ def reservation_key_from(
     return None
 
 
+def reservation_key_in(name: str, spec: Mapping[str, Any]) -> Optional[ReservationKey]:
+    """The key of a reservation named ``name`` whose stored ``spec`` may record its
+    ``network_name`` and ``address`` (non-strings are ignored)."""
+    network, address = spec.get("network_name"), spec.get("address")
+    return reservation_key_from(
+        name,
+        network if isinstance(network, str) else None,
+        address if isinstance(address, str) else None,
+    )
+
+
 def _parse_normalized_ip(text: str) -> Optional[IPAddress]:
     if not text:
         return None

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import base64
 import json
-import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Mapping, Optional, Tuple
@@ -163,12 +162,7 @@ class EtcdStore:
             except StoreError as exc:
                 log.warning("skipping etcd reservation %s: %s", name, exc.msg)
                 continue
-            network, address = spec.get("network_name"), spec.get("address")
-            key = codec.reservation_key_from(
-                name,
-                network if isinstance(network, str) else None,
-                address if isinstance(address, str) else None,
-            )
+            key = codec.reservation_key_in(name, spec)
             if key is None:
                 log.warning("skipping etcd reservation %s: name is not an address", name)
                 continue
@@ -294,7 +288,7 @@ class EtcdStore:
             try:
                 status, data = self._send(path, payload, headers)
             except _NETWORK_ERRORS as exc:
-                errors.append(f"{self._endpoint_text()}: {_describe(exc)}")
+                errors.append(f"{self._endpoint_text()}: {httpwire.describe_error(exc)}")
                 self.close()
                 self._current = (self._current + 1) % len(self._endpoints)
                 continue
@@ -398,14 +392,6 @@ def _decode_response(status: int, data: bytes) -> Dict[str, Any]:
     if status == 404:
         text = f"{text} (no v3 JSON gateway at this address: etcd older than 3.4?)"
     raise _GatewayError(status, None, text or f"HTTP {status}")
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, socket.timeout):
-        return "timed out"
-    if isinstance(exc, OSError) and exc.strerror:
-        return exc.strerror
-    return str(exc) or type(exc).__name__
 
 
 def _host_text(host: str) -> str:

@@ -156,12 +156,7 @@ class FileStore:
                 continue
             if data is None:
                 continue
-            network, address = data.get("network_name"), data.get("address")
-            key = codec.reservation_key_from(
-                name,
-                network if isinstance(network, str) else None,
-                address if isinstance(address, str) else None,
-            )
+            key = codec.reservation_key_in(name, data)
             if key is None:
                 log.warning("skipping reservation file %s: name is not an address", path)
                 continue

@@ -283,7 +283,7 @@ class BedError(RuntimeError):
     pass
 
 
-def build_pyz(output: Path, python: str, flags: str = "-sE") -> Path:
+def build_pyz(output: Path, python: str, flags: str = "-sES") -> Path:
     """ci/build-pyz into ``output`` with an absolute interpreter and the installer's flags
     in the shebang, the way the installer points the plugin at the node's Python (no PATH
     lookup, no pyenv shim). Built *by* that interpreter, so the shipped .pyc match it."""
@@ -492,7 +492,7 @@ class Bed:
     """Everything a run needs, started lazily and stopped at the end."""
 
     def __init__(self, work: Path, python: str, pyz: Optional[Path] = None,
-                 flags: str = "-sE") -> None:
+                 flags: str = "-sES") -> None:
         from e2e.localcluster import tool_paths
 
         self.work = work

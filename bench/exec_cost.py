@@ -73,7 +73,7 @@ def make_targets(bed: Bed, compare: Sequence[Path], work: Path, tag: str = "exec
         targets.append(Target("host-local", host_local,
                               host_local_netconf(f"{tag}-hl", SUBNET, hl_dir), "host-local"))
     plugins = [("whereabouts", bed.plugin(), "whereabouts", datastores)]
-    if tag == "exec" and "-S" not in bed.flags and "file" in datastores:
+    if tag == "exec" and "S" not in bed.flags.lstrip("-") and "file" in datastores:
         # What skipping site (.pth files of the interpreter's site-packages) would save:
         # the zipapp is stdlib-only, so -S is safe for it.
         suggested = f"{bed.flags}S" if bed.flags.startswith("-") else "-sES"

@@ -47,8 +47,8 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     p.add_argument("--python", default=default_python(),
                    help="the interpreter the plugin's shebang names (default: the first of "
                    "the installer's candidates, /usr/bin/python3, else this one)")
-    p.add_argument("--flags", default="-sE",
-                   help="interpreter flags in the shebang (default: the installer's, -sE)")
+    p.add_argument("--flags", default="-sES",
+                   help="interpreter flags in the shebang (default: the installer's, -sES)")
     p.add_argument("--pyz", type=Path,
                    help="use this built zipapp instead of building one with ci/build-pyz")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results directory")

@@ -179,7 +179,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     out.append("")
     out.append(f"Run {results.get('started', '?')}, {results.get('duration_s', 0):.0f} s, "
                f"`{results.get('command', 'ci/bench')}`. Numbers are measured, never asserted; "
-               "the run fails only on duplicates, lost records or leaks.")
+               "the run fails only on duplicates, unrecorded allocations or silent leaks.")
     out.append("")
     m = results.get("machine", {})
     versions = results.get("versions", {})
@@ -217,7 +217,7 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     if failures:
         out.extend(f"- FAILED: {f}" for f in failures)
     else:
-        out.append("- 0 duplicates, 0 lost records, 0 leaks in every storm.")
+        out.append("- 0 duplicates, 0 unrecorded allocations, 0 silent leaks in every storm.")
     out.append("")
     if results.get("plot"):
         out.append(f"![latency distributions]({results['plot']})")
@@ -344,8 +344,9 @@ def _storm_section(out: List[str], storm: Optional[Mapping[str, Any]]) -> None:
                f"(distinct NODENAME), K={storm.get('k')} concurrent ADDs per node "
                f"({storm.get('m', 0) * storm.get('k', 0)} plugin processes in flight), all "
                "started at once; then DEL of everything with the same concurrency. A failed "
-               f"ADD is followed by a DEL and retried, a failed DEL is retried (at most "
-               f"{storm.get('retries')} times each), as a kubelet would. Latencies in ms. "
+               f"ADD is followed by a DEL and retried (at most {storm.get('retries')} times), a "
+               f"failed DEL is retried (at most {storm.get('del_retries', storm.get('retries'))} "
+               "times), as a kubelet would. Latencies in ms. "
                "Leaks: allocations and reservations left after the DEL phase; silent leaks: "
                "those left although every ADD and DEL of their attachment reported success.")
     out.append("")

@@ -278,7 +278,9 @@ def run_case(bed: Bed, label: str, plugin: Path, kind: str, case: str, *, n: int
     tag = re.sub(r"[^a-z0-9-]", "-", f"storm-{label}-{case}".lower())
     run: Dict[str, Any] = {"name": label, "case": case, "n": n, "m": m, "k": k}
     logfile = work / f"{tag}.log"
-    overlapping = True
+    # "no-orip": the same storm with enable_overlapping_ranges off, which
+    # separates the cost of reservations from the pool's own compare-and-swap.
+    overlapping = case != "no-orip"
     if kind == "host-local":
         # Node-local IPAM: each simulated node has its own data dir and subnet (host-local
         # cannot share a range across nodes, which is why cluster-wide IPAM exists).
@@ -397,9 +399,14 @@ class _PerNode(Target):
                                              rss=rss)
 
 
+CASES = ("sufficient", "1:1", "no-orip")
+
+
 def run(bed: Bed, *, n: int, m: int, k: int, compare: Sequence[Path], work: Path, log: Log,
-        retries: int = 3, timeout: float = 120.0) -> Dict[str, Any]:
-    out: Dict[str, Any] = {"n": n, "m": m, "k": k, "retries": retries, "runs": [],
+        retries: int = 3, timeout: float = 120.0,
+        cases: Sequence[str] = ("sufficient", "1:1")) -> Dict[str, Any]:
+    out: Dict[str, Any] = {"n": n, "m": m, "k": k, "retries": retries, "del_retries": retries,
+                           "runs": [],
                            "namespace": NAMESPACE}
     plugins: List[Tuple[str, Path, str]] = [("whereabouts", bed.plugin(), "whereabouts")]
     plugins += [(f"compare{i}:{p.name}", p, "compare") for i, p in enumerate(compare, 1)]
@@ -409,7 +416,7 @@ def run(bed: Bed, *, n: int, m: int, k: int, compare: Sequence[Path], work: Path
                                     n=n, m=m, k=k, retries=0, timeout=timeout, work=work,
                                     log=log))
     for label, plugin, kind in plugins:
-        for case in ("sufficient", "1:1"):
+        for case in cases:
             try:
                 out["runs"].append(run_case(bed, label, plugin, kind, case, n=n, m=m, k=k,
                                             retries=retries, timeout=timeout, work=work,

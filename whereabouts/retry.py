@@ -13,7 +13,9 @@ class RetryPolicy:
     deadline: float = 60.0
     """Seconds one operation may spend retrying (kubelet's sandbox timeout is 4 min)."""
     first_delay: float = 0.002
-    max_delay: float = 0.25
+    max_delay: float = 2.0
+    """With a hundred plugin processes writing one pool, a short cap keeps them all
+    retrying at once and the API server spends its CPU on lost writes."""
 
 
 class Backoff:

@@ -317,3 +317,20 @@ def test_gc_sweep_deletes_only_old_unbacked_reservations_of_this_node() -> None:
                          policy=FAST, sweep_reservations=True)
     left = sorted(str(r.key.address) for r in store.list_reservations())
     assert left == ["10.0.0.1", "10.0.0.6", "10.0.0.7", "10.0.0.8"]
+
+
+def test_a_lost_pool_write_keeps_the_address_already_reserved() -> None:
+    store = MemoryStore()
+    conf = cfg(rng("10.0.0.0/24"))
+    raced = []
+
+    def hook(op: str, name: str) -> None:
+        if op == "write_pool" and not raced:
+            raced.append(True)
+            pool = store.read_pool(PoolKey("", conf.ranges[0].network))
+            store.put_pool(pool.with_allocations({5: pod("other")}))
+
+    store.before_write = hook
+    got = ipam.allocate(store, conf, pod("a"), policy=FAST)
+    assert addresses(got) == ["10.0.0.1/24"]
+    assert [op for op, _ in store.calls].count("create_reservation") == 1

@@ -1,5 +1,10 @@
-"""The stdlib API transport against a scripted local HTTP server: status mapping,
-Retry-After, token re-reading, keep-alive reuse and reconnects."""
+"""The stdlib transport's HTTP edge cases: status mapping, Retry-After, token re-reading,
+keep-alive reuse and reconnects.
+
+These are answers a healthy kube-apiserver rarely gives on cue, so a scripted loopback
+HTTP peer plays them; everything the transport does against the real API server is
+covered by tests/contract (real kube-apiserver) and the e2e suite.
+"""
 
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ POOLS = "/apis/whereabouts.cni.cncf.io/v1alpha1/namespaces/kube-system/ippools"
 Reply = Tuple[int, Dict[str, str], Any]
 
 
-class FakeAPI:
+class ScriptedPeer:
     def __init__(self) -> None:
         self.replies: List[Reply] = []
         self.requests: List[Dict[str, Any]] = []
@@ -88,13 +93,13 @@ class FakeAPI:
 
 
 @pytest.fixture
-def api() -> Iterator[FakeAPI]:
-    fake = FakeAPI()
-    yield fake
-    fake.stop()
+def api() -> Iterator[ScriptedPeer]:
+    scripted = ScriptedPeer()
+    yield scripted
+    scripted.stop()
 
 
-def transport(api: FakeAPI, **kwargs: Any) -> HTTPTransport:
+def transport(api: ScriptedPeer, **kwargs: Any) -> HTTPTransport:
     access = ClusterAccess(
         server=f"http://127.0.0.1:{api.port}/prefix",
         token=kwargs.pop("token", "t0"),
@@ -108,7 +113,7 @@ def status(code: int, reason: str, message: str = "msg") -> Reply:
     return code, {}, {"kind": "Status", "code": code, "reason": reason, "message": message}
 
 
-def test_success_headers_and_keep_alive(api: FakeAPI) -> None:
+def test_success_headers_and_keep_alive(api: ScriptedPeer) -> None:
     t = transport(api)
     api.replies = [(200, {}, {"metadata": {"resourceVersion": "5"}}), (201, {}, {})]
     assert t.request("GET", f"{POOLS}/a")["metadata"]["resourceVersion"] == "5"
@@ -143,21 +148,21 @@ def test_success_headers_and_keep_alive(api: FakeAPI) -> None:
         ((502, {}, b"<html>bad gateway</html>"), StoreUnavailableError, "bad gateway"),
     ],
 )
-def test_status_mapping(api: FakeAPI, reply: Reply, error: type, text: str) -> None:
+def test_status_mapping(api: ScriptedPeer, reply: Reply, error: type, text: str) -> None:
     api.replies = [reply]
     with pytest.raises(error) as info:
         transport(api).request("PUT", f"{POOLS}/a", {})
     assert text in str(info.value)
 
 
-def test_conflict_keeps_its_reason(api: FakeAPI) -> None:
+def test_conflict_keeps_its_reason(api: ScriptedPeer) -> None:
     api.replies = [status(409, "AlreadyExists")]
     with pytest.raises(ApiConflictError) as info:
         transport(api).request("POST", POOLS, {})
     assert (info.value.reason, info.value.status) == ("AlreadyExists", 409)
 
 
-def test_429_is_retried_once_after_retry_after(api: FakeAPI) -> None:
+def test_429_is_retried_once_after_retry_after(api: ScriptedPeer) -> None:
     api.replies = [(429, {"Retry-After": "0"}, {}), (200, {}, {"ok": True})]
     assert transport(api).request("GET", f"{POOLS}/a") == {"ok": True}
     api.replies = [(429, {"Retry-After": "0"}, {}), (429, {"Retry-After": "0"}, {})]
@@ -165,7 +170,7 @@ def test_429_is_retried_once_after_retry_after(api: FakeAPI) -> None:
         transport(api).request("GET", f"{POOLS}/a")
 
 
-def test_429_past_the_deadline_is_not_waited_for(api: FakeAPI) -> None:
+def test_429_past_the_deadline_is_not_waited_for(api: ScriptedPeer) -> None:
     api.replies = [(429, {"Retry-After": "30"}, {})]
     started = time.monotonic()
     with pytest.raises(StoreUnavailableError):
@@ -174,7 +179,7 @@ def test_429_past_the_deadline_is_not_waited_for(api: FakeAPI) -> None:
     assert len(api.requests) == 1
 
 
-def test_401_rereads_a_rotated_token_file_once(api: FakeAPI, tmp_path: Path) -> None:
+def test_401_rereads_a_rotated_token_file_once(api: ScriptedPeer, tmp_path: Path) -> None:
     token = tmp_path / "token"
     token.write_text("old")
     t = transport(api, token=None, token_file=str(token))
@@ -190,7 +195,7 @@ def test_401_rereads_a_rotated_token_file_once(api: FakeAPI, tmp_path: Path) -> 
     ]
 
 
-def test_a_connection_the_server_closed_is_replaced(api: FakeAPI) -> None:
+def test_a_connection_the_server_closed_is_replaced(api: ScriptedPeer) -> None:
     t = transport(api)
     api.close_after_reply = True
     for _ in range(3):
@@ -231,3 +236,13 @@ def test_describe_names_the_rbac_verb(
 def test_server_must_be_a_url() -> None:
     with pytest.raises(StoreError):
         HTTPTransport(ClusterAccess(server="127.0.0.1:6443", source="test"))
+
+
+def test_a_body_over_the_api_servers_request_limit_is_refused_as_too_large(
+    api: ScriptedPeer,
+) -> None:
+    client = transport(api)
+    huge = {"spec": {"allocations": {str(i): {"id": "x" * 40} for i in range(80_000)}}}
+    with pytest.raises(ObjectTooLargeError, match="request limit"):
+        client.request("PUT", "/apis/x", huge)
+    assert api.requests == []

@@ -267,7 +267,7 @@ def test_resync_failure_is_reported_not_raised(store: MemoryStore) -> None:
 # ---------------------------------------------------------------- the loop
 
 
-class FakeSource:
+class ScriptedSource:
     """Scripted list/watch results; stops the loop when the script runs out."""
 
     def __init__(self, stop: threading.Event,
@@ -299,7 +299,7 @@ def test_loop_resyncs_watches_and_relists_on_410(store: MemoryStore,
     deleted = pod("a")
     deleted["metadata"]["resourceVersion"] = "11"
     bookmark = {"metadata": {"resourceVersion": "12"}}
-    source = FakeSource(stop, lists=[({"ns/a": view("a"), "ns/b": view("b")}, "10"),
+    source = ScriptedSource(stop, lists=[({"ns/a": view("a"), "ns/b": view("b")}, "10"),
                                      ({"ns/b": view("b")}, "20")],
                         watches=[[("DELETED", deleted), ("BOOKMARK", bookmark)],
                                  PodsGone("too old"),
@@ -321,7 +321,7 @@ def test_loop_resyncs_after_the_period(store: MemoryStore) -> None:
         now[0] += 200.0
         return now[0]
 
-    source = FakeSource(stop, lists=[({}, "1"), ({}, "2"), ({}, "3")], watches=[[], []])
+    source = ScriptedSource(stop, lists=[({}, "1"), ({}, "2"), ({}, "3")], watches=[[], []])
     run(agent(store, Api()), source, stop, resync_seconds=300, clock=clock)
     assert [c for c, _ in source.calls].count("list") >= 2
 
@@ -329,7 +329,7 @@ def test_loop_resyncs_after_the_period(store: MemoryStore) -> None:
 def test_loop_exits_when_stopped(store: MemoryStore) -> None:
     stop = threading.Event()
     stop.set()
-    source = FakeSource(stop, lists=[], watches=[])
+    source = ScriptedSource(stop, lists=[], watches=[])
     run(agent(store, Api()), source, stop, resync_seconds=300)
     assert source.calls == []
 
@@ -360,7 +360,7 @@ def test_stop_signal_while_waiting_for_an_event_leaves_at_once(store: MemoryStor
     stop = threading.Event()
     gate = Gate(stop)
 
-    class Blocking(FakeSource):
+    class Blocking(ScriptedSource):
         def watch(self, since: str, seconds: int) -> Iterator[Tuple[str, Mapping[str, Any]]]:
             self.calls.append(("watch", since))
             stop.set()
@@ -383,7 +383,7 @@ def test_stop_signal_during_a_write_lets_it_finish(store: MemoryStore) -> None:
             gate.interrupt()  # not idle: must not raise
             return super().get(podref)
 
-    source = FakeSource(stop, lists=[(LISTED, "1")], watches=[[("DELETED", pod("a"))]])
+    source = ScriptedSource(stop, lists=[(LISTED, "1")], watches=[[("DELETED", pod("a"))]])
     run(agent(store, Signalled()), source, stop, resync_seconds=300, gate=gate)
     assert held(store) == {4: "ns/a", 5: "ns/b", 6: "ns/c"}
 

@@ -18,11 +18,13 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 from urllib.parse import urlsplit
 
 from .. import __version__, httpwire
-from ..errors import StoreError, StoreUnavailableError
+from ..errors import ObjectTooLargeError, StoreError, StoreUnavailableError
 from .api import JSON, decode_body, error_body, error_for_status, retry_after_seconds
 from .kubeconfig import ClusterAccess
 
 USER_AGENT = f"whereabouts/{__version__} (python)"
+# kube-apiserver's default --max-request-bytes.
+MAX_REQUEST_BYTES = 3 * 1024 * 1024
 _STALE_CONNECTION = (ConnectionResetError, BrokenPipeError)
 
 
@@ -64,6 +66,14 @@ class HTTPTransport:
         content_type: str = JSON,
     ) -> Dict[str, Any]:
         payload = None if body is None else json.dumps(body, separators=(",", ":")).encode()
+        if payload is not None and len(payload) > MAX_REQUEST_BYTES:
+            # The API server answers 413 and hangs up while such a body is still being
+            # sent, which would read as "unreachable" (try again) rather than "too large".
+            raise ObjectTooLargeError(
+                f"{method} {path}: the object is {len(payload)} bytes, over the API server's "
+                f"request limit of {MAX_REQUEST_BYTES} bytes",
+                size=len(payload),
+            )
         with self._lock:
             return self._request(method, path, payload, content_type)
 

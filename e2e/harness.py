@@ -599,6 +599,8 @@ class Harness:
         self.api = KubeApi(cluster) if cluster is not None else None
         self.namespace = namespace
         self.cni_timeout = cni_timeout
+        # Added to every delegate's environment (and so whereabouts', which inherits it).
+        self.delegate_env: Dict[str, str] = {}
         self._networks: Dict[str, Network] = {}
         self._pods: Dict[str, Pod] = {}  # pods with a sandbox, by podref
         self._lock = threading.Lock()
@@ -692,6 +694,7 @@ class Harness:
             ifname=ifname,
             cni_args=self.cni_args(pod, cid),
             cni_path=self.cni_path,
+            extra_env=self.delegate_env,
             timeout=self.cni_timeout,
         )
         return CniCall(command, str(conf["type"]), pod.node, cid, ifname, rc, output, stderr)

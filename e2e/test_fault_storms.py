@@ -119,17 +119,10 @@ class FaultyHarness(Harness):
         container_id: Optional[str] = None,
         prev_result: Optional[Mapping[str, Any]] = None,
     ) -> CniCall:
-        conf = dict(netconf)
-        if prev_result is not None:
-            conf["prevResult"] = prev_result
-        cid = container_id or pod.container_id
+        self.delegate_env = dict(self.fault_env)
         started = time.monotonic()
-        rc, output, stderr = netns.run_cni(
-            str(conf["type"]), command, conf, pod.node, pod.netns,
-            container_id=cid, ifname=ifname, cni_args=self.cni_args(pod, cid),
-            cni_path=self.cni_path, extra_env=dict(self.fault_env), timeout=self.cni_timeout,
-        )
-        call = CniCall(command, str(conf["type"]), pod.node, cid, ifname, rc, output, stderr)
+        call = super().exec_cni(command, netconf, pod, ifname, container_id=container_id,
+                                prev_result=prev_result)
         self.record.add(call, time.monotonic() - started)
         return call
 

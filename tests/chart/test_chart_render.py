@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from e2e.localcluster import read_versions, tool_paths
+from e2e.requirements import missing
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "whereabouts"
@@ -39,9 +40,7 @@ Grant = Tuple[str, str, str, str, str]
 
 
 def _unavailable(reason: str) -> NoReturn:
-    if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-        pytest.fail(f"helm unavailable in CI: {reason}", pytrace=False)
-    pytest.skip(f"helm unavailable: {reason} (run ci/e2e-tools)")
+    missing(f"helm unavailable: {reason}")
 
 
 def find_helm() -> Optional[str]:

@@ -34,10 +34,6 @@ REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "charts" / "whereabouts" / "crds"
 
 
-def in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
-
-
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))

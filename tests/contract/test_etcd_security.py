@@ -7,14 +7,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import shutil
-import subprocess
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator
 
 import pytest
 
+from e2e.pki import TestCA
 from tests.contract.backends import EtcdServer, _etcd_post, find_etcd, free_port
 from tests.contract.conftest import unavailable
 from whereabouts.config import EtcdConfig
@@ -115,53 +114,12 @@ def test_auth_failures_are_clear(
 
 @pytest.fixture
 def pki(tmp_path: Path) -> Dict[str, str]:
-    openssl = shutil.which("openssl")
-    if openssl is None:
-        unavailable("no openssl")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        subprocess.run([openssl, *args], cwd=tmp_path, check=True, capture_output=True)
-
-    run(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=etcd-ca",
-    )
-    (tmp_path / "server.ext").write_text(
-        "subjectAltName=IP:127.0.0.1\n"
-        # etcd's JSON gateway dials etcd's own gRPC port with the server certificate, so
-        # with --client-cert-auth that certificate must also allow client auth.
-        "extendedKeyUsage=serverAuth,clientAuth\n"
-    )
-    (tmp_path / "client.ext").write_text("extendedKeyUsage=clientAuth\n")
-    for name in ("server", "client"):
-        run("req", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr", "-subj", f"/CN={name}")
-        run(
-            "x509",
-            "-req",
-            "-in",
-            f"{name}.csr",
-            "-CA",
-            "ca.crt",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            f"{name}.crt",
-            "-days",
-            "2",
-            "-extfile",
-            f"{name}.ext",
-        )
+    ca = TestCA(tmp_path, "etcd-ca")
+    # etcd's JSON gateway dials etcd's own gRPC port with the server certificate, so with
+    # --client-cert-auth that certificate must also allow client auth.
+    ca.issue("server", "server",
+             "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth,clientAuth\n")
+    ca.issue("client", "client", "extendedKeyUsage=clientAuth\n")
     return {
         n: str(tmp_path / f)
         for n, f in (

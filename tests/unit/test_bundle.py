@@ -21,14 +21,12 @@ from typing import Dict, Iterator
 
 import pytest
 
+from e2e.requirements import missing
+
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "ci" / "bundle"
 DIST_PYZ = REPO / "dist" / "whereabouts.pyz"
 EXIT_NO_HELM = 3
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 def _load_bundle_module() -> ModuleType:
@@ -57,10 +55,7 @@ def _run_bundle(out_dir: Path, pyz: Path) -> subprocess.CompletedProcess[str]:
                            "--pyz", str(pyz)], capture_output=True, text=True, timeout=300,
                           check=False)
     if proc.returncode == EXIT_NO_HELM:
-        message = f"helm not available for ci/bundle: {proc.stderr.strip()}"
-        if _in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
+        missing(f"helm not available for ci/bundle: {proc.stderr.strip()}")
     assert proc.returncode == 0, proc.stderr
     return proc
 

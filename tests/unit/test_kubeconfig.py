@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -13,6 +12,8 @@ from typing import Dict, Iterator
 
 import pytest
 
+from e2e.pki import TestCA
+from e2e.requirements import missing
 from whereabouts.errors import StoreError
 from whereabouts.kube.kubeconfig import (
     DEFAULT_NAMESPACE,
@@ -23,56 +24,20 @@ from whereabouts.kube.kubeconfig import (
 from whereabouts.kube.yamlsubset import loads
 
 KUBECTL = shutil.which("kubectl")
-OPENSSL = shutil.which("openssl")
-needs_tools = pytest.mark.skipif(
-    not (KUBECTL and OPENSSL) and os.environ.get("CI", "").lower() not in ("1", "true", "yes"),
-    reason="kubectl and openssl write the real kubeconfigs these tests read",
-)
+
+
+@pytest.fixture
+def needs_tools() -> None:
+    """kubectl and openssl write the real kubeconfigs these tests read."""
+    if KUBECTL is None:
+        missing("kubectl is required")
 
 
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> Dict[str, Path]:
-    """A CA and a client certificate signed by it (EC keys: fast)."""
-    if not OPENSSL:
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail("openssl is required")
-        pytest.skip("no openssl")
+    """A CA and a client certificate signed by it."""
     d = tmp_path_factory.mktemp("pki")
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-
-    def run(*args: str) -> None:
-        assert OPENSSL
-        subprocess.run([OPENSSL, *args], cwd=d, check=True, capture_output=True)
-
-    run(
-        "req",
-        "-x509",
-        *ec,
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.crt",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=test-ca",
-    )
-    run("req", *ec, "-keyout", "client.key", "-out", "client.csr", "-subj", "/CN=whereabouts")
-    run(
-        "x509",
-        "-req",
-        "-in",
-        "client.csr",
-        "-CA",
-        "ca.crt",
-        "-CAkey",
-        "ca.key",
-        "-CAcreateserial",
-        "-out",
-        "client.crt",
-        "-days",
-        "2",
-    )
+    TestCA(d).issue("client", "whereabouts")
     return {name: d / name for name in ("ca.crt", "client.crt", "client.key")}
 
 
@@ -114,7 +79,7 @@ def no_temp_leftovers(tmp_path: Path) -> Iterator[Path]:
     assert list(private.iterdir()) == []
 
 
-@needs_tools
+@pytest.mark.usefixtures("needs_tools")
 def test_token_kubeconfig_written_by_kubectl(tmp_path: Path, pki: Dict[str, Path]) -> None:
     raw = tmp_path / "raw"
     kubectl(
@@ -135,12 +100,12 @@ def test_token_kubeconfig_written_by_kubectl(tmp_path: Path, pki: Dict[str, Path
     assert access.token == "s3cr3t.t0ken"
     assert access.ca_data == pki["ca.crt"].read_text()
     assert access.bearer_token() == "s3cr3t.t0ken"
-    yaml = pytest.importorskip("yaml")
+    import yaml
     assert loads(path.read_text()) == yaml.safe_load(path.read_text())
     access.ssl_context()
 
 
-@needs_tools
+@pytest.mark.usefixtures("needs_tools")
 def test_client_certificate_data_is_loaded_through_a_removed_temp_file(
     tmp_path: Path, pki: Dict[str, Path], no_temp_leftovers: Path
 ) -> None:
@@ -171,7 +136,7 @@ def test_client_certificate_data_is_loaded_through_a_removed_temp_file(
     assert context.verify_mode == ssl.CERT_REQUIRED
 
 
-@needs_tools
+@pytest.mark.usefixtures("needs_tools")
 def test_file_references_are_relative_to_the_kubeconfig(
     tmp_path: Path, pki: Dict[str, Path]
 ) -> None:

@@ -92,3 +92,20 @@ def test_capacity_fits_an_int64() -> None:
 def test_an_upstream_entry_without_ifname_is_written_back_without_one() -> None:
     pool = Pool(PoolKey("", NET), {1: Owner("legacy", "a/b", "")})
     assert codec.encode_spec(pool)["allocations"]["1"] == {"id": "legacy", "podref": "a/b"}
+
+
+def test_the_write_path_keeps_exactly_what_the_read_path_could_not_decode() -> None:
+    spec = {
+        "range": "10.0.0.0/24",
+        "allocations": {
+            "1": {"id": "c1", "podref": "ns/a"},
+            "007": {"id": "c7", "podref": "ns/b"},
+            "7": {"id": "dup", "podref": "ns/c"},
+            "999": {"id": "out", "podref": "ns/d"},
+            "x": {"id": "junk", "podref": "ns/e"},
+            "2": "not an object",
+        },
+    }
+    _, kept = codec.decode_allocations(spec, NET, "p")
+    assert codec.undecodable_allocations(spec, NET) == kept
+    assert set(kept) == {"7", "999", "x", "2"}

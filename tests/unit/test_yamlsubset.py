@@ -5,12 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import yaml  # PyYAML: a dev dependency, the reference these tests compare against
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from whereabouts.kube.yamlsubset import YAMLError, loads
-
-yaml = pytest.importorskip("yaml")
 
 # Scalars PyYAML writes in every style: any text except what YAML itself cannot carry
 # unescaped in all styles (surrogates, BOM, the Unicode line separators).

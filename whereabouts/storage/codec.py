@@ -91,14 +91,33 @@ def encode_owner(owner: Owner) -> Dict[str, str]:
     return entry
 
 
+def undecodable_allocations(spec: Mapping[str, Any], network: IPNetwork) -> Dict[str, Any]:
+    """The entries ``decode_allocations`` keeps verbatim, found without decoding owners:
+    a write needs only these, and decoding every entry again doubled its cost."""
+    raw = spec.get("allocations")
+    if not isinstance(raw, Mapping):
+        return {}
+    size = network.num_addresses
+    seen = set()
+    kept: Dict[str, Any] = {}
+    for key, value in raw.items():
+        offset = _parse_offset(key)
+        if offset is None or not 0 <= offset < size or not isinstance(value, Mapping) or (
+            offset in seen
+        ):
+            kept[key] = value
+        else:
+            seen.add(offset)
+    return kept
+
+
 def encode_spec(pool: Pool, base_spec: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """The pool as ``IPPool.spec``, keeping unknown fields and undecodable allocations of
     ``base_spec`` (the spec as last read)."""
     spec: Dict[str, Any] = dict(base_spec or {})
     allocations: Dict[str, Any] = {}
     if base_spec is not None:
-        _, kept = decode_allocations(base_spec, pool.key.range, pool.key.name)
-        allocations.update(kept)
+        allocations.update(undecodable_allocations(base_spec, pool.key.range))
     for offset in sorted(pool.allocations):
         allocations[str(offset)] = encode_owner(pool.allocations[offset])
     spec["range"] = str(pool.key.range)
